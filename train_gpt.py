@@ -11,6 +11,7 @@ import math
 import os
 import sys
 import time
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -18,6 +19,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+
+# torch 2.13 renames reduce_scatter_tensor / all_gather_into_tensor; the old names are the ones torch 2.11 has.
+warnings.filterwarnings("ignore", message=r".*is deprecated. Please use `torch.distributed")
 
 
 def on_gpu(t: torch.Tensor) -> bool:
