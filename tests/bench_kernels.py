@@ -1,0 +1,90 @@
+"""Triton kernels vs plain torch on one GPU, at the record shapes: `python tests/bench_kernels.py`.
+Times are medians of triton.testing.do_bench in ms; TFLOP/s counts the full (not half) matmul for both sides."""
+import sys
+from pathlib import Path
+
+import torch
+from triton.testing import do_bench
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import train_gpt as T  # noqa: E402
+
+# The matrices NorMuon orthogonalizes in the record model, stacked as the optimizer stacks them.
+MATRIX_BATCHES = [("attention", (48, 768, 768)), ("mlp in", (12, 3072, 768)), ("mlp out", (12, 768, 3072))]
+VOCAB, DIM = 50304, 768
+B, C = -2.808917465908714, 0.5000178451051316  # a Polar Express step's (b, c)
+
+
+def ms(fn) -> float:
+    return do_bench(fn, return_mode="median")
+
+
+def row(name: str, shape, t_triton: float, t_torch: float, unit: str) -> None:
+    print(f"{name:<34} {str(shape):<18} {t_triton:>9.3f} {t_torch:>9.3f} {t_torch / t_triton:>8.2f}x  {unit}")
+
+
+def bench_products() -> None:
+    for name, shape in MATRIX_BATCHES:
+        batch, m, n = shape
+        A = torch.randn(shape, device="cuda", dtype=torch.bfloat16)
+        if m <= n:
+            gram, gram_torch, side, k = T.xxt_triton, T.xxt_torch, m, n
+        else:
+            gram, gram_torch, side, k = T.xtx_triton, T.xtx_torch, n, m
+        tflops = 2 * batch * side * side * k / 1e9
+        t_tri, t_ref = ms(lambda: gram(A)), ms(lambda: gram_torch(A))
+        row(f"{gram.__name__[:3]} {name}", shape, t_tri, t_ref, f"{tflops / t_tri:.0f} vs {tflops / t_ref:.0f} TFLOP/s")
+        S = gram(A) / k  # symmetric, the size polar express feeds it
+        tflops = 2 * batch * side ** 3 / 1e9
+        t_tri, t_ref = ms(lambda: T.ba_plus_caa_triton(S, B, C)), ms(lambda: T.ba_plus_caa_torch(S, B, C))
+        row(f"ba_plus_caa {name}", tuple(S.shape), t_tri, t_ref,
+            f"{tflops / t_tri:.0f} vs {tflops / t_ref:.0f} TFLOP/s")
+        t_fused = ms(lambda: torch.baddbmm(S, S, S, beta=B, alpha=C))
+        row("  vs torch.baddbmm", tuple(S.shape), t_tri, t_fused, f"{tflops / t_fused:.0f} TFLOP/s baddbmm")
+
+
+def bench_polar_express() -> None:
+    if not hasattr(T, "polar_express"):
+        sys.exit("train_gpt.polar_express is missing: the Optimizers section must define polar_express(G) "
+                 "calling xxt / xtx / ba_plus_caa before this benchmark can time it")
+    dispatchers = {name: getattr(T, name) for name in ("xxt", "xtx", "ba_plus_caa")}
+    for name, shape in MATRIX_BATCHES:
+        G = torch.randn(shape, device="cuda", dtype=torch.float32)
+        t_tri = ms(lambda: T.polar_express(G))
+        try:
+            for fn in dispatchers:
+                setattr(T, fn, getattr(T, f"{fn}_torch"))
+            t_ref = ms(lambda: T.polar_express(G))
+        finally:
+            for fn, f in dispatchers.items():
+                setattr(T, fn, f)
+        row(f"polar_express {name}", shape, t_tri, t_ref, "whole orthogonalization")
+
+
+def bench_transposes() -> None:
+    for src_dtype, dst_dtype in [(torch.bfloat16, torch.float32), (torch.float32, torch.float32),
+                                 (torch.bfloat16, torch.bfloat16)]:
+        src = torch.randn(VOCAB, DIM, device="cuda", dtype=src_dtype)
+        dst = torch.zeros(DIM, VOCAB, device="cuda", dtype=dst_dtype)
+        moved = src.numel() * (src.element_size() + dst.element_size()) / 1e6  # MB; add reads dst once more
+        kinds = [("transpose_copy", T.transpose_copy_triton, lambda: dst.copy_(src.T), moved),
+                 ("transpose_add", T.transpose_add_triton, lambda: dst.add_(src.T),
+                  moved + dst.numel() * dst.element_size() / 1e6)]
+        for name, kernel, reference, mb in kinds:
+            t_tri, t_ref = ms(lambda: kernel(src, dst)), ms(reference)
+            dtypes = f"{str(src_dtype)[6:]}->{str(dst_dtype)[6:]}"
+            row(f"{name} {dtypes}", tuple(src.shape), t_tri, t_ref, f"{mb / t_tri:.0f} vs {mb / t_ref:.0f} GB/s")
+
+
+def main() -> None:
+    if not torch.cuda.is_available():
+        sys.exit("bench_kernels.py times CUDA kernels; run it on a GPU machine")
+    print(f"{torch.cuda.get_device_name()}  torch {torch.__version__}")
+    print(f"{'op':<34} {'shape':<18} {'triton ms':>9} {'torch ms':>9} {'speedup':>9}")
+    bench_products()
+    bench_polar_express()
+    bench_transposes()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Each Triton kernel against the torch function that defines it: under Triton's interpreter on CPU (small shapes,
+small tiles so that several blocks, ragged edges and mirrored blocks all occur) and on CUDA at the record shapes."""
+import os
+
+import numpy as np
+import pytest
+import torch
+import triton.language as tl
+
+import train_gpt as T
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+TOL = {torch.bfloat16: 1e-2, torch.float32: 1e-3}
+DTYPES = [torch.bfloat16, torch.float32]
+SMALL_TILES = dict(block=32, block_k=32)  # the record tiles (128) leave the small test shapes in one block
+B, C = -4.7, 2.1  # Polar Express sized coefficients: b·A and c·A·A are of similar size and partly cancel
+
+
+@pytest.fixture(autouse=True)
+def bf16_dot_in_interpreter(monkeypatch):
+    """Triton's interpreter keeps bf16 as raw uint16 bits and its tl.dot multiplies those bits as integers; widen
+    bf16 operands to fp32 (exact) first, as the GPU's bf16 x bf16 -> fp32 MMA does."""
+    if not INTERPRETED:
+        return
+    from triton.runtime import interpreter
+
+    def widen(h):
+        if h.dtype == tl.bfloat16 and h.data.dtype == np.uint16:
+            return interpreter.TensorHandle((h.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
+        return h
+
+    create_dot = interpreter.InterpreterBuilder.create_dot
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_dot",
+                        lambda self, a, b, d, *args: create_dot(self, widen(a), widen(b), d, *args))
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def symmetric(*shape, dtype, device="cpu"):
+    A = torch.randn(*shape, device=device, dtype=torch.float64) / shape[-1] ** 0.5
+    return (A + A.mT).to(dtype)
+
+
+def check_products(A: torch.Tensor, S: torch.Tensor, tiles: dict):
+    """xxt / xtx on A and ba_plus_caa on the symmetric S, Triton vs torch in fp64 on the same inputs."""
+    assert rel_err(T.xxt_triton(A, **tiles), T.xxt_torch(A.double())) < TOL[A.dtype]
+    assert rel_err(T.xtx_triton(A, **tiles), T.xtx_torch(A.double())) < TOL[A.dtype]
+    out = T.ba_plus_caa_triton(S, B, C, **tiles)
+    assert out.dtype == S.dtype and out.shape == S.shape
+    assert rel_err(out, T.ba_plus_caa_torch(S.double(), B, C)) < TOL[S.dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(70, 200), (200, 70), (2, 33, 50), (3, 64, 64)])
+def test_xxt_and_xtx_match_torch(shape, dtype):
+    A = torch.randn(shape, dtype=dtype)
+    for f, ref in [(T.xxt_triton, T.xxt_torch), (T.xtx_triton, T.xtx_torch)]:
+        out = f(A, **SMALL_TILES)
+        n = shape[-2] if f is T.xxt_triton else shape[-1]
+        assert out.dtype == dtype and out.shape == (*shape[:-2], n, n)
+        assert rel_err(out, ref(A.double())) < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(70, 70), (2, 33, 33), (3, 64, 64)])
+def test_ba_plus_caa_matches_torch(shape, dtype):
+    S = symmetric(*shape, dtype=dtype)
+    out = T.ba_plus_caa_triton(S, B, C, **SMALL_TILES)
+    assert out.dtype == dtype and out.shape == shape
+    assert rel_err(out, T.ba_plus_caa_torch(S.double(), B, C)) < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_symmetric_products_with_record_tiles(dtype):
+    check_products(torch.randn(130, 150, dtype=dtype), symmetric(2, 130, 130, dtype=dtype), {})
+
+
+def test_symmetric_products_read_strided_inputs():
+    A = torch.randn(3, 90, 40, dtype=torch.bfloat16).mT  # (3, 40, 90), not contiguous
+    S = symmetric(2, 100, 100, dtype=torch.bfloat16)[:, 10:80, 10:80]  # rows longer than the matrix
+    check_products(A, S, SMALL_TILES)
+
+
+def test_mirrored_blocks_are_exact_transposes():
+    G = T.xxt_triton(torch.randn(96, 40, dtype=torch.bfloat16), **SMALL_TILES).float()
+    blocks = G.unflatten(0, (3, 32)).unflatten(2, (3, 32))  # (3, 32, 3, 32): [i, :, j, :] is block (i, j)
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert torch.equal(blocks[j, :, i, :], blocks[i, :, j, :].T)
+
+
+def test_ba_plus_caa_rejects_non_square():
+    with pytest.raises(ValueError, match="square"):
+        T.ba_plus_caa_triton(torch.randn(3, 4), 1.0, 1.0)
+
+
+TRANSPOSE_DTYPES = [(torch.bfloat16, torch.float32), (torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16)]
+
+
+def check_transposes(src: torch.Tensor, dst_dtype: torch.dtype):
+    dst = torch.full(src.shape[::-1], float("nan"), dtype=dst_dtype, device=src.device)
+    T.transpose_copy_triton(src, dst)
+    assert torch.equal(dst, src.T.to(dst_dtype))
+    dst = torch.randn(src.shape[::-1], dtype=dst_dtype, device=src.device)
+    ref = dst.clone()
+    T.transpose_add_torch(src, ref)
+    T.transpose_add_triton(src, dst)
+    assert rel_err(dst, ref) < (1e-6 if dst_dtype == torch.float32 else 1e-2)
+
+
+@pytest.mark.parametrize("src_dtype,dst_dtype", TRANSPOSE_DTYPES)
+@pytest.mark.parametrize("shape", [(130, 70), (64, 128), (1, 200)])
+def test_transpose_copy_and_add_match_torch(shape, src_dtype, dst_dtype):
+    check_transposes(torch.randn(shape, dtype=src_dtype), dst_dtype)
+
+
+def test_transpose_reads_strided_source():
+    check_transposes(torch.randn(100, 90, dtype=torch.bfloat16)[5:, :70], torch.float32)
+
+
+def test_transpose_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="dst"):
+        T.transpose_copy_triton(torch.randn(4, 6), torch.empty(4, 6))
+
+
+def test_dispatchers_use_torch_definitions_on_cpu():
+    A, S = torch.randn(2, 5, 7), symmetric(5, 5, dtype=torch.float32)
+    assert torch.equal(T.xxt(A), T.xxt_torch(A)) and torch.equal(T.xtx(A), T.xtx_torch(A))
+    assert torch.equal(T.ba_plus_caa(S, 2.0, -1.0), T.ba_plus_caa_torch(S, 2.0, -1.0))
+    dst, ref = torch.zeros(7, 5), torch.zeros(7, 5)
+    T.transpose_add(A[0], dst), T.transpose_add_torch(A[0], ref)
+    assert torch.equal(dst, ref)
+
+
+# Record shapes: attention (768, 768) batched over layers and heads, MLP (768, 3072) wide and (3072, 768) tall.
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(768, 768), (768, 3072), (3072, 768), (24, 768, 768)])
+def test_symmetric_products_match_torch_on_gpu(shape, dtype):
+    A = torch.randn(shape, dtype=dtype, device="cuda")
+    assert rel_err(T.xxt(A), T.xxt_torch(A.double())) < TOL[dtype]
+    assert rel_err(T.xtx(A), T.xtx_torch(A.double())) < TOL[dtype]
+    S = T.xxt(A) / shape[-1]  # a symmetric input of the kind polar express feeds ba_plus_caa
+    assert rel_err(T.ba_plus_caa(S, B, C), T.ba_plus_caa_torch(S.double(), B, C)) < TOL[dtype]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("src_dtype,dst_dtype", TRANSPOSE_DTYPES)
+def test_transposes_match_torch_on_gpu(src_dtype, dst_dtype):
+    check_transposes(torch.randn(50304, 768, dtype=src_dtype, device="cuda"), dst_dtype)
