@@ -244,6 +244,319 @@ def transpose_add(src: torch.Tensor, dst: torch.Tensor) -> None:
 
 # ----- Optimizers -----
 
+# Polar Express coefficients for bf16, 5 steps, safety factor included (Amsel, Persson, Musco, Gower 2025,
+# "The Polar Express: Optimal Matrix Sign Methods and Their Application to the Muon Algorithm"; the schedule
+# the public speedrun uses). Step i maps X to a·X + b·(XXᵀ)X + c·(XXᵀ)²X.
+POLAR_EXPRESS_COEFFS = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
+POLAR_EXPRESS_SAFETY = 2e-2  # the schedule assumes singular values ≤ 1 / (1 + 2e-2) after normalizing
+
+
+@torch.no_grad()
+def polar_express(G: torch.Tensor) -> torch.Tensor:
+    """G: (..., m, n) = U·S·Vᵀ -> ≈ U·Vᵀ, bf16 (..., m, n), each trailing matrix separately."""
+    X = G.bfloat16()
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) * (1 + POLAR_EXPRESS_SAFETY) + 1e-6)
+    wide = X.size(-2) <= X.size(-1)
+    for a, b, c in POLAR_EXPRESS_COEFFS:
+        if wide:  # Gram matrix on the short side: XXᵀ is (m, m)
+            X = a * X + ba_plus_caa(xxt(X), b, c) @ X
+        else:  # XᵀX is (n, n); the same polynomial, applied from the right, with no transposed copy of X
+            X = a * X + X @ ba_plus_caa(xtx(X), b, c)
+    return X
+
+
+def _check_world(rank: int, world_size: int) -> None:
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank={rank} must lie in [0, world_size={world_size})")
+    if world_size > 1 and not dist.is_initialized():
+        raise ValueError(f"world_size={world_size} needs torch.distributed initialized first")
+
+
+def _param_index(opt: torch.optim.Optimizer) -> dict:
+    return {p: i for i, p in enumerate(p for group in opt.param_groups for p in group["params"])}
+
+
+def _groups_for_checkpoint(opt: torch.optim.Optimizer) -> list:
+    index = _param_index(opt)
+    return [{**{k: v for k, v in g.items() if k != "params"}, "params": [index[p] for p in g["params"]]}
+            for g in opt.param_groups]
+
+
+def _load_groups(opt: torch.optim.Optimizer, saved_groups: list) -> None:
+    sizes = [len(g["params"]) for g in opt.param_groups]
+    saved_sizes = [len(g["params"]) for g in saved_groups]
+    if sizes != saved_sizes:
+        raise ValueError(f"{type(opt).__name__} checkpoint has groups of {saved_sizes} params, expected {sizes}")
+    for group, saved in zip(opt.param_groups, saved_groups):
+        group.update({k: v for k, v in saved.items() if k != "params"})
+
+
+def _stack_matrices(tensors: list, world_size: int) -> torch.Tensor:
+    """Tensors (..., a, b) -> (R, a, b): all their matrices in order, zero-padded so world_size divides R."""
+    mats = [t.reshape(-1, *t.shape[-2:]) for t in tensors]
+    padding = -sum(x.size(0) for x in mats) % world_size
+    return torch.cat(mats + [mats[0].new_zeros(padding, *mats[0].shape[1:])])
+
+
+def _pad_flat(t: torch.Tensor, world_size: int) -> torch.Tensor:
+    """t: any shape -> flat (N,), zero-padded so world_size divides N."""
+    return F.pad(t.reshape(-1), (0, -t.numel() % world_size))
+
+
+def _gather_rows(share: torch.Tensor, world_size: int) -> torch.Tensor:
+    """share: (k, ...) on each rank -> (world_size·k, ...) in rank order. Blocking; for checkpoints."""
+    if world_size == 1:
+        return share
+    full = share.new_empty(world_size * share.size(0), *share.shape[1:])
+    dist.all_gather_into_tensor(full, share.contiguous())
+    return full
+
+
+# Neuron axis of each NorMuon matrix in the record model: a decision about which units are neurons, made per
+# parameter, not read off the memory layout. NorMuon (Li et al. 2025, arXiv 2510.05491) equalizes the update
+# size across neurons, a neuron being one output unit with its fan-in; its second moment is the mean of u²
+# over that fan-in, so `neuron_axis` is the input axis. All four are stored (out, in), hence -1 for all, also
+# for the wide mlp.proj and the tall mlp.fc, where a shape rule (normalize the longer side) would differ.
+NEURON_AXIS = {
+    "attn.qkvo": -1,  # (4, 768, 768): rows are the q, k, v channels and the residual channels the output writes
+    "mlp.fc": -1,     # (3072, 768): rows are the ReLU² hidden units; each must keep learning, none may dominate
+    "mlp.proj": -1,   # (768, 3072): rows are residual channels; columns would be the hidden units' read-out
+    "attn.gate": -1,  # (6, 12): row h is head h's gate logit; all heads' gates move at the same rate
+}
+
+
+class NorMuon(torch.optim.Optimizer):
+    """Nesterov momentum, Polar Express orthogonalization and NorMuon's neuron-wise second-moment
+    normalization, for matrices. A param group holds params of one shape (..., m, n) (leading dims stack
+    matrices orthogonalized separately) and sets `neuron_axis` (-1 or -2, see NEURON_AXIS) and `lr_mul`.
+    Its M matrices, zero-padded to a multiple of world_size, are split in contiguous shares: rank r owns
+    matrices [r·k, (r+1)·k), k = ceil(M / world_size), and holds only their momentum and second moment.
+    Communication: step() launches every group's gradient reduce-scatter, then processes the groups in order
+    while later ones are in flight, launching each group's parameter all-gather; it waits for all at the end.
+    No hooks, so grad_sync_enabled changes nothing here: accumulated gradients are reduced once, in step()."""
+
+    def __init__(self, param_groups, lr, momentum=0.95, beta2=0.95, weight_decay=0.0, eps=1e-10,
+                 rank=0, world_size=1):
+        defaults = dict(lr=lr, momentum=momentum, beta2=beta2, weight_decay=weight_decay, eps=eps, label=None)
+        super().__init__(param_groups, defaults)
+        _check_world(rank, world_size)
+        self.rank, self.world_size = rank, world_size
+        self.grad_sync_enabled = True
+        for i, group in enumerate(self.param_groups):
+            name = group["label"] or f"group {i}"
+            missing = sorted({"neuron_axis", "lr_mul"} - group.keys())
+            if missing:
+                raise ValueError(f"NorMuon {name}: param group must set {missing} explicitly")
+            if group["neuron_axis"] not in (-1, -2):
+                raise ValueError(f"NorMuon {name}: neuron_axis={group['neuron_axis']}, expected -1 or -2")
+            shapes = {tuple(p.shape) for p in group["params"]}
+            if len(shapes) != 1 or len(next(iter(shapes))) < 2:
+                raise ValueError(f"NorMuon {name}: params must share one shape (..., m, n), got {shapes}")
+
+    def _layout(self, group) -> tuple:
+        """(M, k, m, n): the group's matrix count, matrices per rank, and matrix shape."""
+        m, n = group["params"][0].shape[-2:]
+        M = sum(p.numel() for p in group["params"]) // (m * n)
+        return M, -(-M // self.world_size), m, n
+
+    def _has_grads(self, group) -> bool:
+        present = [p.grad is not None for p in group["params"]]
+        if any(present) and not all(present):
+            raise ValueError(f"NorMuon {group['label']}: some params of the group have no grad")
+        return all(present)
+
+    def _reduce_scatter_grads(self, group) -> tuple:
+        """-> (this rank's (k, m, n) gradient share, its pending work or None, the buffer it reads)."""
+        grads = _stack_matrices([p.grad for p in group["params"]], self.world_size)
+        if self.world_size == 1:
+            return grads, None, None
+        share = grads.new_empty(grads.size(0) // self.world_size, *grads.shape[1:])
+        return share, dist.reduce_scatter_tensor(share, grads, op=dist.ReduceOp.SUM, async_op=True), grads
+
+    def _normalize_neurons(self, u: torch.Tensor, group) -> torch.Tensor:
+        """u: (k, m, n) orthogonalized -> divided by each neuron's RMS (running, along neuron_axis), then
+        rescaled per matrix to the Frobenius norm it had."""
+        state = self.state[group["params"][0]]
+        v = state["second_moment"]  # (k, m, 1) for neuron_axis=-1, (k, 1, n) for -2
+        v.lerp_(u.square().mean(dim=group["neuron_axis"], keepdim=True), 1 - group["beta2"])
+        norm = u.norm(dim=(-2, -1), keepdim=True)
+        u = u / (v.sqrt() + group["eps"])
+        return u * (norm / u.norm(dim=(-2, -1), keepdim=True).clamp_min(1e-30))
+
+    def _update_share(self, group, grad: torch.Tensor, work, _buffer) -> tuple:
+        """grad: this rank's (k, m, n) share -> (all matrices of the group, padded, with this rank's share
+        updated; the pending all-gather that fills in the other shares, or None)."""
+        M, k, m, n = self._layout(group)
+        if work is not None:
+            work.wait()
+            grad.div_(self.world_size)  # SUM then scale: gloo has no AVG
+        state = self.state[group["params"][0]]
+        if not state:
+            state["momentum_buffer"] = torch.zeros_like(grad)
+            v_shape = (k, m, 1) if group["neuron_axis"] == -1 else (k, 1, n)
+            state["second_moment"] = grad.new_zeros(v_shape, dtype=torch.float32)
+        state["momentum_buffer"].lerp_(grad, 1 - group["momentum"])
+        u = grad.lerp_(state["momentum_buffer"], group["momentum"])  # Nesterov
+        u = self._normalize_neurons(polar_express(u).float(), group)
+
+        stacked = _stack_matrices(group["params"], self.world_size)
+        p = stacked[self.rank * k:(self.rank + 1) * k]
+        lr = group["lr"] * group["lr_mul"] * max(1.0, m / n) ** 0.5
+        # Cautious weight decay: decay only where the update already pulls p toward zero. It follows the lr
+        # schedule but not the per-group or shape multipliers.
+        p.addcmul_(p, (u * p > 0).to(p.dtype), value=-group["lr"] * group["weight_decay"])
+        p.add_(u.to(p.dtype), alpha=-lr)
+        if self.world_size == 1:
+            return stacked, None
+        full = torch.empty_like(stacked)
+        return full, dist.all_gather_into_tensor(full, p, async_op=True)
+
+    @torch.no_grad()
+    def step(self):
+        groups = [g for g in self.param_groups if self._has_grads(g)]
+        grads = [self._reduce_scatter_grads(g) for g in groups]  # all groups in flight before the first update
+        gathers = [self._update_share(g, *share) for g, share in zip(groups, grads)]
+        for group, (full, work) in zip(groups, gathers):
+            if work is not None:
+                work.wait()
+            M, k, m, n = self._layout(group)
+            for p, new in zip(group["params"], full[:M].split([p.numel() // (m * n) for p in group["params"]])):
+                p.copy_(new.view_as(p))
+
+    def state_dict(self) -> dict:
+        """The full, unsharded state, the same for any world size. Collective: every rank must call it."""
+        index, state = _param_index(self), {}
+        for group in self.param_groups:
+            shard = self.state.get(group["params"][0])
+            if not shard:
+                continue
+            M, k, m, n = self._layout(group)
+            counts = [p.numel() // (m * n) for p in group["params"]]
+            for key, share in shard.items():
+                for p, t in zip(group["params"], _gather_rows(share, self.world_size)[:M].split(counts)):
+                    state.setdefault(index[p], {})[key] = t.reshape(*p.shape[:-2], *t.shape[-2:]).clone()
+        return {"state": state, "param_groups": _groups_for_checkpoint(self)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Takes this rank's share of a state saved by state_dict() at any world size."""
+        _load_groups(self, state_dict["param_groups"])
+        index = _param_index(self)
+        for group in self.param_groups:
+            params = group["params"]
+            self.state.pop(params[0], None)
+            if index[params[0]] not in state_dict["state"]:
+                continue
+            M, k, m, n = self._layout(group)
+            saved = [state_dict["state"][index[p]] for p in params]
+            self.state[params[0]] = {
+                key: _stack_matrices([s[key] for s in saved], self.world_size)[self.rank * k:(self.rank + 1) * k]
+                .clone().to(params[0].device) for key in saved[0]}
+
+
+class DistAdam(torch.optim.Optimizer):
+    """Adam (bias-corrected, decoupled weight decay) with state and update sharded: a param is seen flat,
+    zero-padded to a multiple of world_size, and rank r owns the contiguous slice [r·s, (r+1)·s).
+    Communication: each param's gradient reduce-scatter starts from its post-accumulate-grad hook during
+    backward, if grad_sync_enabled (groups with overlap=False, and grads whose hook found it off, start theirs
+    in step()); step() waits for each, updates this rank's shard and starts the parameter all-gather, and
+    waits for all gathers at its end. Optional per-group `lr_mul` (default 1) scales the group's lr."""
+
+    def __init__(self, param_groups, lr, betas=(0.8, 0.95), eps=1e-10, weight_decay=0.0, rank=0, world_size=1):
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, lr_mul=1.0, overlap=True,
+                        label=None)
+        super().__init__(param_groups, defaults)
+        _check_world(rank, world_size)
+        self.rank, self.world_size = rank, world_size
+        self.grad_sync_enabled = True  # the loop turns it off on all but the last micro-step of accumulation
+        self._grads_in_flight = {}  # param -> (gradient shard, pending work, the buffer it reads)
+        for group in self.param_groups:
+            if group["overlap"]:
+                for p in group["params"]:
+                    p.register_post_accumulate_grad_hook(self._grad_ready)
+
+    def _grad_ready(self, p: torch.Tensor) -> None:
+        if self.grad_sync_enabled and self.world_size > 1:
+            self._grads_in_flight[p] = self._reduce_scatter_grad(p)  # a later backward's launch replaces it
+
+    def _reduce_scatter_grad(self, p: torch.Tensor) -> tuple:
+        """-> (this rank's flat gradient shard, its pending work or None, the buffer it reads)."""
+        if self.world_size == 1:
+            return p.grad.reshape(-1), None, None
+        grad = _pad_flat(p.grad, self.world_size)
+        shard = grad.new_empty(grad.numel() // self.world_size)
+        return shard, dist.reduce_scatter_tensor(shard, grad, op=dist.ReduceOp.SUM, async_op=True), grad
+
+    def _update_shard(self, group, p: torch.Tensor, grad: torch.Tensor, work, _buffer) -> tuple:
+        """grad: this rank's flat shard -> (p flat and padded, this rank's shard updated; the pending
+        all-gather that fills in the other shards, or None)."""
+        if work is not None:
+            work.wait()
+            grad.div_(self.world_size)  # SUM then scale: gloo has no AVG
+        size = grad.numel()
+        lo = self.rank * size
+        weights = p.reshape(-1)[lo:lo + size].float()
+        weights = F.pad(weights, (0, size - weights.numel()))  # the last shards may lie in the padding
+        state = self.state[p]
+        if not state:
+            state.update(step=0, exp_avg=torch.zeros_like(weights), exp_avg_sq=torch.zeros_like(weights))
+        state["step"] += 1
+        beta1, beta2 = group["betas"]
+        state["exp_avg"].lerp_(grad.float(), 1 - beta1)
+        state["exp_avg_sq"].lerp_(grad.float().square(), 1 - beta2)
+        lr = group["lr"] * group["lr_mul"]
+        denom = (state["exp_avg_sq"] / (1 - beta2 ** state["step"])).sqrt_().add_(group["eps"])
+        weights.mul_(1 - lr * group["weight_decay"])
+        weights.addcdiv_(state["exp_avg"], denom, value=-lr / (1 - beta1 ** state["step"]))
+        weights = weights.to(p.dtype)
+        if self.world_size == 1:
+            return weights, None
+        full = weights.new_empty(size * self.world_size)
+        return full, dist.all_gather_into_tensor(full, weights, async_op=True)
+
+    @torch.no_grad()
+    def step(self):
+        todo = [(g, p) for g in self.param_groups for p in g["params"] if p.grad is not None]
+        for _, p in todo:
+            if p not in self._grads_in_flight:
+                self._grads_in_flight[p] = self._reduce_scatter_grad(p)
+        gathers = [self._update_shard(g, p, *self._grads_in_flight.pop(p)) for g, p in todo]
+        for (_, p), (full, work) in zip(todo, gathers):
+            if work is not None:
+                work.wait()
+            p.copy_(full[:p.numel()].view_as(p))
+
+    def state_dict(self) -> dict:
+        """The full, unsharded state, the same for any world size. Collective: every rank must call it."""
+        index, state = _param_index(self), {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p not in self.state:
+                    continue
+                s = self.state[p]
+                state[index[p]] = {"step": s["step"], **{
+                    k: _gather_rows(s[k], self.world_size)[:p.numel()].view_as(p).clone()
+                    for k in ("exp_avg", "exp_avg_sq")}}
+        return {"state": state, "param_groups": _groups_for_checkpoint(self)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Takes this rank's shard of a state saved by state_dict() at any world size."""
+        _load_groups(self, state_dict["param_groups"])
+        for p, i in _param_index(self).items():
+            self.state.pop(p, None)
+            if i not in state_dict["state"]:
+                continue
+            saved = state_dict["state"][i]
+            size = -(-p.numel() // self.world_size)
+            self.state[p] = {"step": saved["step"], **{
+                k: _pad_flat(saved[k].float(), self.world_size)[self.rank * size:(self.rank + 1) * size]
+                .clone().to(p.device) for k in ("exp_avg", "exp_avg_sq")}}
+
 # ----- Model -----
 
 # ----- Data -----

@@ -1,0 +1,311 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from distributed import run_gloo
+from train_gpt import NEURON_AXIS, DistAdam, NorMuon, polar_express
+
+SIM_RANKS = 2  # ranks whose gradients the single-process reference averages
+STEPS, SAVE_AT, MICRO_STEPS = 5, 3, 2
+
+
+def with_spectrum(shape, condition: float, seed: int) -> torch.Tensor:
+    """A random (..., m, n) with singular values spread log-evenly over [1/condition, 1], times 7."""
+    g = torch.Generator().manual_seed(seed)
+    *batch, m, n = shape
+    r = min(m, n)
+    U = torch.linalg.qr(torch.randn(*batch, m, r, generator=g))[0]
+    V = torch.linalg.qr(torch.randn(*batch, n, r, generator=g))[0]
+    s = torch.logspace(-torch.log10(torch.tensor(condition)).item(), 0, r)
+    return 7 * U @ torch.diag_embed(s.expand(*batch, r)) @ V.mT
+
+
+@pytest.mark.parametrize("shape", [(4, 32, 32), (64, 16), (16, 64)])
+def test_polar_express_maps_singular_values_into_band(shape):
+    # Measured: 5 bf16 steps put every singular value in [0.85, 1.15] for condition numbers up to 300.
+    G = with_spectrum(shape, 100.0, seed=1)
+    X = polar_express(G)
+    assert X.dtype == torch.bfloat16 and X.shape == G.shape
+    s = torch.linalg.svdvals(X.float())
+    assert s.min() > 0.8 and s.max() < 1.2
+    raw = torch.linalg.svdvals(G / G.norm(dim=(-2, -1), keepdim=True))
+    assert raw.max() < 0.8  # normalizing alone does not meet the band
+
+
+@pytest.mark.parametrize("shape", [(64, 16), (16, 64), (2, 96, 32)])
+def test_polar_express_orthogonalizes_random_rectangular_matrices(shape):
+    s = torch.linalg.svdvals(polar_express(torch.randn(shape)).float())
+    assert s.min() > 0.8 and s.max() < 1.2
+
+
+def test_polar_express_tall_equals_transposed_wide():
+    G = torch.randn(3, 64, 16)
+    tall = polar_express(G).float()
+    wide = polar_express(G.mT).mT.float()
+    assert (tall - wide).abs().max() < 0.03  # bf16 noise: eps 2^-8, over 5 steps
+
+
+def test_polar_express_returns_the_polar_factor():
+    G = with_spectrum((64, 16), 10.0, seed=2)
+    U, _, Vh = torch.linalg.svd(G, full_matrices=False)
+    cos = (polar_express(G).float() * (U @ Vh)).sum() / (U @ Vh).norm() ** 2
+    assert cos > 0.95
+
+
+def test_neuron_axis_table_is_rows_for_every_record_matrix():
+    assert NEURON_AXIS == {"attn.qkvo": -1, "mlp.fc": -1, "mlp.proj": -1, "attn.gate": -1}
+
+
+def one_matrix_step(p0, grad, **group):
+    p = nn.Parameter(p0.clone())
+    p.grad = grad.clone()
+    opt = NorMuon([dict(params=[p], **group)], lr=0.1, momentum=0.5, weight_decay=0.25)
+    opt.step()
+    return p.detach(), opt
+
+
+def test_normuon_cautious_weight_decay_only_where_signs_agree():
+    # A positive diagonal gradient has polar factor I exactly (products of diagonals stay diagonal), so the
+    # update is positive on the diagonal and zero elsewhere; lr_mul=0 leaves only the decay, lr·wd = 0.025.
+    p0 = torch.tensor([[1.0, -2.0], [3.0, -4.0]])
+    p, _ = one_matrix_step(p0, torch.diag(torch.tensor([2.0, 5.0])), neuron_axis=-1, lr_mul=0.0)
+    assert p[0, 0].item() == pytest.approx(1.0 - 0.025, abs=1e-7)
+    assert torch.equal(p.flatten()[1:], torch.tensor([-2.0, 3.0, -4.0]))
+
+
+def test_normuon_lr_scales_with_sqrt_of_aspect_ratio_and_lr_mul():
+    G = with_spectrum((64, 16), 10.0, seed=3)
+    steps = {}
+    for name, grad, lr_mul in [("tall", G, 1.0), ("wide", G.T, 1.0), ("wide_x3", G.T, 3.0)]:
+        p, _ = one_matrix_step(torch.zeros(grad.shape), grad, neuron_axis=-1, lr_mul=lr_mul)
+        steps[name] = p.norm().item()  # from zero params: no decay; the step is lr·scale·u, ‖u‖_F = ‖U·Vᵀ‖_F
+    assert steps["tall"] / steps["wide"] == pytest.approx(2.0, rel=0.02)  # sqrt(64 / 16)
+    assert steps["wide_x3"] / steps["wide"] == pytest.approx(3.0, rel=1e-5)
+    assert steps["wide"] == pytest.approx(0.1 * polar_express(0.75 * G.T).float().norm().item(), rel=1e-3)
+
+
+@pytest.mark.parametrize("axis, shape", [(-1, (64, 16)), (-2, (16, 64))])
+def test_normuon_first_step_equalizes_neuron_norms_along_axis(axis, shape):
+    # From zero state, the second moment is (1 - beta2)·mean(u²) per neuron, so every neuron's update gets
+    # the same RMS. The shapes are chosen so the polar factor's neurons have unequal norms to begin with.
+    G = with_spectrum(shape, 10.0, seed=4)
+    orthogonal = polar_express(0.75 * G).float()  # momentum 0.5 from zero: Nesterov u = 0.75·g
+    before = orthogonal.norm(dim=axis)
+    assert before.std() / before.mean() > 0.05
+    p, _ = one_matrix_step(torch.zeros(shape), G, neuron_axis=axis, lr_mul=1.0)
+    after = p.norm(dim=axis)
+    assert after.std() / after.mean() < 1e-3
+    lr = 0.1 * max(1.0, shape[0] / shape[1]) ** 0.5
+    assert p.norm() == pytest.approx(lr * orthogonal.norm().item(), rel=1e-3)
+
+
+def test_normuon_matches_plain_reference_over_steps():
+    # The update written out for one matrix, with the schedule changing lr and momentum between steps.
+    torch.manual_seed(5)
+    p = nn.Parameter(torch.randn(2, 24, 8))
+    want = p.detach().clone()
+    opt = NorMuon([dict(params=[p], neuron_axis=-1, lr_mul=0.7)], lr=0.02, beta2=0.9, weight_decay=0.3)
+    buf, v = torch.zeros_like(want), torch.zeros(2, 24, 1)
+    for step in range(4):
+        g = torch.randn_like(want)
+        lr, momentum = 0.02 * (1 - 0.2 * step), 0.8 + 0.05 * step
+        opt.param_groups[0].update(lr=lr, momentum=momentum)
+        p.grad = g.clone()
+        opt.step()
+        buf = momentum * buf + (1 - momentum) * g
+        u = polar_express((1 - momentum) * g + momentum * buf).float()
+        v = 0.9 * v + 0.1 * (u ** 2).mean(dim=-1, keepdim=True)
+        normalized = u / (v.sqrt() + 1e-10)
+        normalized = normalized * u.norm(dim=(1, 2), keepdim=True) / normalized.norm(dim=(1, 2), keepdim=True)
+        decay = lr * 0.3 * want * (normalized * want > 0)
+        want = want - decay - lr * 0.7 * 3 ** 0.5 * normalized
+        torch.testing.assert_close(p.detach(), want, rtol=1e-4, atol=1e-5)
+
+
+def test_distadam_matches_torch_adamw_on_one_process():
+    torch.manual_seed(6)
+    p, q = nn.Parameter(torch.randn(5, 3)), nn.Parameter(torch.randn(5, 3))
+    q.data.copy_(p.data)
+    ours = DistAdam([dict(params=[p], lr_mul=2.0)], lr=0.01, betas=(0.8, 0.95), eps=1e-3, weight_decay=0.1)
+    theirs = torch.optim.AdamW([q], lr=0.02, betas=(0.8, 0.95), eps=1e-3, weight_decay=0.1)
+    for _ in range(4):
+        g = torch.randn(5, 3)
+        p.grad, q.grad = g.clone(), g.clone()
+        ours.step()
+        theirs.step()
+    # lr_mul scales the whole step, decay included: ours at lr 0.01 · lr_mul 2 is AdamW at lr 0.02
+    torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_normuon_rejects_group_without_explicit_lr_mul():
+    with pytest.raises(ValueError, match="lr_mul"):
+        NorMuon([dict(params=[nn.Parameter(torch.zeros(4, 4))], neuron_axis=-1)], lr=0.1)
+
+
+# --- Sharded runs on 2 gloo ranks against 1 process given the averaged gradients ---
+
+
+def make_model():
+    """NorMuon groups: 3 matrices in one stacked param (not a multiple of 2), two tall, three wide with
+    neuron_axis=-2. DistAdam: numels 15, 7, 1 (not multiples of 2), one group with overlap=False."""
+    g = torch.Generator().manual_seed(0)
+    new = lambda *shape: nn.Parameter(torch.randn(*shape, generator=g))
+    muon_groups = [
+        dict(params=[new(3, 8, 8)], neuron_axis=-1, lr_mul=1.0, label="stack"),
+        dict(params=[new(16, 8), new(16, 8)], neuron_axis=-1, lr_mul=0.5, label="tall"),
+        dict(params=[new(8, 16) for _ in range(3)], neuron_axis=-2, lr_mul=1.0, label="wide"),
+    ]
+    adam_groups = [
+        dict(params=[new(5, 3), new(7)], label="hooked"),
+        dict(params=[new(4, 6), new(1)], overlap=False, lr_mul=2.0, label="in_step"),
+    ]
+    return muon_groups, adam_groups
+
+
+def make_optimizers(rank, world_size):
+    muon_groups, adam_groups = make_model()
+    muon = NorMuon(muon_groups, lr=0.05, momentum=0.9, weight_decay=0.5, rank=rank, world_size=world_size)
+    # eps=0.1 makes Adam sensitive to the gradient's scale, so a missing 1/world_size would show
+    adam = DistAdam(adam_groups, lr=0.01, eps=0.1, weight_decay=0.1, rank=rank, world_size=world_size)
+    return muon, adam
+
+
+def params_of(*opts):
+    return [p for opt in opts for group in opt.param_groups for p in group["params"]]
+
+
+def grad_of(rank, step, micro, index, shape):
+    g = torch.Generator().manual_seed(1000 * step + 100 * micro + 10 * index + rank)
+    return torch.randn(shape, generator=g)
+
+
+def set_schedule(opts, step):
+    opts[0].param_groups[0]["momentum"] = 0.85 + 0.01 * step  # the loop's warm-up and schedule change these
+    for opt in opts:
+        for group in opt.param_groups:
+            group["lr"] = group.setdefault("base_lr", group["lr"]) * (1 - 0.1 * step)
+
+
+def reference_steps(opts, first, last):
+    """One process, grads = mean over SIM_RANKS of each rank's micro-step sum, summed in the sharded order."""
+    for step in range(first, last):
+        for i, p in enumerate(params_of(*opts)):
+            per_rank = []
+            for r in range(SIM_RANKS):
+                local = grad_of(r, step, 0, i, p.shape)
+                for micro in range(1, MICRO_STEPS):
+                    local = local + grad_of(r, step, micro, i, p.shape)
+                per_rank.append(local)
+            p.grad = sum(per_rank[1:], per_rank[0]) / SIM_RANKS
+        set_schedule(opts, step)
+        for opt in opts:
+            opt.step()
+            opt.zero_grad()
+
+
+def sharded_steps(opts, rank, first, last, in_flight):
+    """Backward passes with grad_sync_enabled only on the last micro-step; records how many DistAdam
+    gradients were in flight after each micro-step's backward."""
+    params = params_of(*opts)
+    for step in range(first, last):
+        for micro in range(MICRO_STEPS):
+            for opt in opts:
+                opt.grad_sync_enabled = micro == MICRO_STEPS - 1
+            sum((p * grad_of(rank, step, micro, i, p.shape)).sum() for i, p in enumerate(params)).backward()
+            in_flight.append(len(opts[1]._grads_in_flight))
+        set_schedule(opts, step)
+        for opt in opts:
+            opt.step()
+            opt.zero_grad()
+
+
+def detached(opts):
+    return [p.detach().clone() for p in params_of(*opts)]
+
+
+def two_rank_worker(rank, world_size, one_rank_checkpoint):
+    opts = make_optimizers(rank, world_size)
+    in_flight = []
+    sharded_steps(opts, rank, 0, SAVE_AT, in_flight)
+    checkpoint = ([opt.state_dict() for opt in opts], detached(opts))
+    shard_shapes = [opts[0].state[opts[0].param_groups[0]["params"][0]]["momentum_buffer"].shape,
+                    opts[1].state[opts[1].param_groups[0]["params"][0]]["exp_avg"].shape]
+    sharded_steps(opts, rank, SAVE_AT, STEPS, in_flight)
+    final = detached(opts)
+
+    resumed = make_optimizers(rank, world_size)  # resume a 1-process checkpoint on 2 ranks
+    state_dicts, weights = one_rank_checkpoint
+    with torch.no_grad():
+        for p, w in zip(params_of(*resumed), weights):
+            p.copy_(w)
+    for opt, sd in zip(resumed, state_dicts):
+        opt.load_state_dict(sd)
+    sharded_steps(resumed, rank, SAVE_AT, STEPS, [])
+    return dict(final=final, checkpoint=checkpoint, resumed=detached(resumed), in_flight=in_flight,
+                shard_shapes=shard_shapes)
+
+
+@pytest.fixture(scope="module")
+def runs():
+    reference = make_optimizers(0, 1)
+    reference_steps(reference, 0, SAVE_AT)
+    one_rank_checkpoint = ([opt.state_dict() for opt in reference], detached(reference))
+    reference_steps(reference, SAVE_AT, STEPS)
+    ranks = run_gloo(two_rank_worker, 2, one_rank_checkpoint)
+    return dict(reference=detached(reference), one_rank_checkpoint=one_rank_checkpoint, ranks=ranks)
+
+
+def assert_same_params(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_two_ranks_match_one_process_with_averaged_grads(runs):
+    initial = [p.detach() for p in params_of(*make_optimizers(0, 1))]
+    for rank in runs["ranks"]:
+        assert_same_params(rank["final"], runs["reference"])
+    assert all((a - b).abs().max() > 1e-3 for a, b in zip(runs["reference"], initial))  # every param moved
+
+
+def test_grad_sync_disabled_micro_steps_launch_nothing_and_accumulate(runs):
+    # DistAdam's 2 hooked params launch on the last micro-step only; the result equals one step with the
+    # summed micro-step grads (the reference), checked in the test above.
+    for rank in runs["ranks"]:
+        assert rank["in_flight"] == [0, 2] * STEPS
+
+
+def test_state_is_sharded_across_ranks(runs):
+    for rank in runs["ranks"]:
+        stack_share, adam_shard = rank["shard_shapes"]
+        assert tuple(stack_share) == (2, 8, 8)  # 3 matrices padded to 4, 2 per rank
+        assert tuple(adam_shard) == (8,)  # 15 elements padded to 16, 8 per rank
+
+
+def test_state_dict_is_the_same_for_any_world_size(runs):
+    want_dicts, _ = runs["one_rank_checkpoint"]
+    for rank in runs["ranks"]:
+        got_dicts, _ = rank["checkpoint"]
+        for got, want in zip(got_dicts, want_dicts):
+            assert got["param_groups"] == want["param_groups"]
+            assert got["state"].keys() == want["state"].keys() and got["state"]
+            for i in want["state"]:
+                for key, value in want["state"][i].items():
+                    torch.testing.assert_close(got["state"][i][key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_checkpoint_from_two_ranks_resumes_on_one_process(runs):
+    state_dicts, weights = runs["ranks"][0]["checkpoint"]
+    resumed = make_optimizers(0, 1)
+    with torch.no_grad():
+        for p, w in zip(params_of(*resumed), weights):
+            p.copy_(w)
+    for opt, sd in zip(resumed, state_dicts):
+        opt.load_state_dict(sd)
+    reference_steps(resumed, SAVE_AT, STEPS)
+    assert_same_params(detached(resumed), runs["reference"])
+
+
+def test_checkpoint_from_one_process_resumes_on_two_ranks(runs):
+    for rank in runs["ranks"]:
+        assert_same_params(rank["resumed"], runs["reference"])
