@@ -561,6 +561,175 @@ class DistAdam(torch.optim.Optimizer):
 
 # ----- Data -----
 
+SHARD_MAGIC = 20240520  # BOS_ID (50256, before every document) is defined with the model, which needs it first
+SHARD_VERSION = 1
+HEADER_INTS = 256  # little-endian int32: magic, version, token count, then zeros; uint16 tokens follow
+GET_DATA = ("`python data/cached_fineweb10B.py 9` downloads FineWeb; "
+            "`python data/tokenize_text.py` turns local text into shards")
+
+
+def find_shards(pattern: str) -> list[str]:
+    files = sorted(glob.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"no token shards match {pattern!r}: {GET_DATA}")
+    return files
+
+
+def shard_length(path) -> int:
+    """-> number of tokens in one shard, after checking its header and size."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: token shard is missing: {GET_DATA}")
+    size = os.path.getsize(path)
+    if size < HEADER_INTS * 4:
+        raise ValueError(f"{path}: truncated: expected a {HEADER_INTS * 4}-byte header, found {size} bytes")
+    with open(path, "rb") as f:
+        header = torch.frombuffer(bytearray(f.read(HEADER_INTS * 4)), dtype=torch.int32)
+        magic, version, n_tokens = header[:3].tolist()
+        if magic != SHARD_MAGIC:
+            raise ValueError(f"{path}: bad magic: expected {SHARD_MAGIC}, found {magic}; not a token shard")
+        if version != SHARD_VERSION:
+            raise ValueError(f"{path}: wrong version: expected {SHARD_VERSION}, found {version}")
+        expected = HEADER_INTS * 4 + 2 * n_tokens
+        if size != expected:
+            raise ValueError(f"{path}: {'truncated' if size < expected else 'too long'}: header says {n_tokens} "
+                             f"tokens, so expected {expected} bytes, found {size}")
+    return n_tokens
+
+
+def read_shard(path) -> torch.Tensor:
+    """-> uint16 tokens (CPU) of one shard, after checking its header and size."""
+    tokens = bytearray(2 * shard_length(path))
+    with open(path, "rb") as f:
+        f.seek(HEADER_INTS * 4)
+        f.readinto(tokens)
+    return torch.frombuffer(tokens, dtype=torch.uint16) if tokens else torch.empty(0, dtype=torch.uint16)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenStream:
+    """Position in the endless stream of all shards in sorted order (wrapping around). Never mutated, so a
+    prefetch that turns out unwanted is dropped without a trace."""
+    tokens: torch.Tensor  # int32: the not yet consumed tail of the loaded shards
+    bos: torch.Tensor  # int64: positions of BOS_ID in tokens
+    pos: int
+    shards_loaded: int
+    start: int  # stream position of tokens[0], counted from the first token of the first shard
+
+
+class TrainLoader:
+    """Every step cuts num_slices slices of seq_len (+1 for the targets) from one token stream, the same cut for
+    any world size; rank r owns slices r*k .. r*k+k-1, k = num_slices // world_size (gradient accumulation)."""
+
+    def __init__(self, pattern: str, rank: int, world_size: int, num_slices: int = 8, align_to_bos: bool = True,
+                 device=torch.device("cpu")):
+        if num_slices % world_size:
+            raise ValueError(f"world size {world_size} must divide num_slices {num_slices}: every step consumes "
+                             f"{num_slices} slices, split evenly over the ranks")
+        self.files = find_shards(pattern)
+        self.pattern, self.rank, self.num_slices, self.align_to_bos = pattern, rank, num_slices, align_to_bos
+        self.slices_per_rank = num_slices // world_size
+        self.device = torch.device(device)
+        self.prefetch = self.device.type == "cuda"  # overlap loading with compute; tests turn it on for CPU
+        self.pending = None  # (seq_len, future of the next step's (slices, stream))
+        self.worker = ThreadPoolExecutor(max_workers=1)
+        self.load_state_dict({"position": 0})
+
+    @property
+    def epoch(self) -> int:
+        """Completed passes over all shards: > 0 means training is repeating data."""
+        return max(self.stream.shards_loaded - 1, 0) // len(self.files)
+
+    def load_next_shard(self, s: TokenStream) -> TokenStream:
+        shard = read_shard(self.files[s.shards_loaded % len(self.files)]).to(torch.int32)
+        tokens = torch.cat([s.tokens[s.pos:], shard])
+        return TokenStream(tokens, (tokens == BOS_ID).nonzero().flatten(), 0, s.shards_loaded + 1, s.start + s.pos)
+
+    def state_dict(self) -> dict:
+        return {"position": self.stream.start + self.stream.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume at the saved stream position: the cut depends only on the tokens from there on."""
+        if self.pending is not None:
+            self.pending[1].result()
+            self.pending = None
+        lengths = [shard_length(path) for path in self.files]
+        if not sum(lengths):
+            raise ValueError(f"the shards matching {self.pattern!r} hold no tokens")
+        offset, shards_loaded = state["position"], 0
+        while offset >= lengths[shards_loaded % len(lengths)]:
+            offset, shards_loaded = offset - lengths[shards_loaded % len(lengths)], shards_loaded + 1
+        empty = TokenStream(torch.empty(0, dtype=torch.int32), torch.empty(0, dtype=torch.int64), 0, shards_loaded,
+                            state["position"] - offset)
+        self.stream = dataclasses.replace(self.load_next_shard(empty), pos=offset)
+
+    def cut_slice(self, s: TokenStream, seq_len: int) -> tuple[torch.Tensor, TokenStream]:
+        """-> seq_len + 1 tokens (starting at a BOS with align_to_bos), and the stream after them."""
+        misses = 0
+        while True:
+            start = s.pos
+            if self.align_to_bos:
+                i = int(torch.searchsorted(s.bos, s.pos))
+                if i == len(s.bos):  # the tokens before the next BOS are dropped, so the tail can go too
+                    misses += 1
+                    if misses > len(self.files) + 1:
+                        raise ValueError(f"no BOS token ({BOS_ID}) in any shard matching {self.pattern!r}")
+                    s = self.load_next_shard(dataclasses.replace(s, pos=len(s.tokens)))
+                    continue
+                start = int(s.bos[i])
+            if start + seq_len + 1 <= len(s.tokens):
+                # The next slice starts at this slice's last target at the earliest.
+                return s.tokens[start:start + seq_len + 1], dataclasses.replace(s, pos=start + seq_len)
+            s = self.load_next_shard(dataclasses.replace(s, pos=start))
+
+    def cut_step(self, s: TokenStream, seq_len: int) -> tuple[torch.Tensor, TokenStream]:
+        """-> this rank's slices (slices_per_rank, seq_len + 1) int32 on the host, pinned for CUDA; the new stream."""
+        own = torch.empty(self.slices_per_rank, seq_len + 1, dtype=torch.int32,
+                          pin_memory=self.device.type == "cuda")
+        for i in range(self.num_slices):
+            tokens, s = self.cut_slice(s, seq_len)
+            if i // self.slices_per_rank == self.rank:
+                own[i % self.slices_per_rank] = tokens
+        return own, s
+
+    def next_batch(self, seq_len: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """-> [(inputs int32 (seq_len,), targets int64 (seq_len,))] for this rank's slices of the next step."""
+        if self.pending is not None and self.pending[0] == seq_len:
+            own, self.stream = self.pending[1].result()
+        else:
+            if self.pending is not None:
+                self.pending[1].result()  # cut from the stream before it, for another seq_len: discarded
+            own, self.stream = self.cut_step(self.stream, seq_len)
+        self.pending = None
+        if self.prefetch:
+            self.pending = (seq_len, self.worker.submit(self.cut_step, self.stream, seq_len))
+        own = own.to(self.device, non_blocking=True)
+        return [(row[:-1], row[1:].to(torch.int64)) for row in own]
+
+
+def val_batches(pattern: str, val_tokens: int, val_seq_len: int, rank: int, world_size: int, device):
+    """-> iterator of (inputs int32, targets int64), each (val_seq_len,): sequences rank, rank + world_size, ... of
+    the first val_tokens (+1) tokens of the validation shards, so all ranks together always see the same tokens."""
+    if val_tokens % val_seq_len:
+        raise ValueError(f"--val_tokens={val_tokens} must be a multiple of --val_seq_len={val_seq_len}")
+    n_seqs = val_tokens // val_seq_len
+    if n_seqs % world_size:
+        raise ValueError(f"--val_tokens={val_tokens} / --val_seq_len={val_seq_len} = {n_seqs} sequences, "
+                         f"not a multiple of the world size {world_size}")
+    files, shards = find_shards(pattern), []
+    for path in files:
+        if sum(map(len, shards)) > val_tokens:
+            break
+        shards.append(read_shard(path).to(torch.int32))
+    tokens = torch.cat(shards)
+    if len(tokens) < val_tokens + 1:
+        raise ValueError(f"validation shards {files} hold {len(tokens)} tokens, fewer than "
+                         f"--val_tokens={val_tokens} + 1 for the last target")
+    tokens = tokens[:val_tokens + 1]
+    seqs = (tokens[i * val_seq_len:(i + 1) * val_seq_len + 1].to(device, non_blocking=True)
+            for i in range(rank, n_seqs, world_size))
+    return ((seq[:-1], seq[1:].to(torch.int64)) for seq in seqs)
+
+
 # ----- Hyperparameters -----
 
 # ----- Training -----
