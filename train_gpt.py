@@ -559,6 +559,169 @@ class DistAdam(torch.optim.Optimizer):
 
 # ----- Model -----
 
+
+BOS_ID = 50256  # <|endoftext|> in the GPT-2 encoding; every document starts with it
+
+
+def norm(x: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def relu_sq(x: torch.Tensor) -> torch.Tensor:
+    return F.relu(x).square()
+
+
+def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
+    return cap * torch.tanh(logits / cap)
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding; the head dimension is split into two halves that rotate as (re, im) pairs."""
+
+    def __init__(self, head_dim: int, max_seq_len: int, base: float):
+        super().__init__()
+        inv_freq = base ** (-torch.arange(0, head_dim // 2, dtype=torch.float32) / (head_dim // 2))
+        theta = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)  # (T, head_dim / 2)
+        self.register_buffer("cos", theta.cos()[None, :, None, :], persistent=False)
+        self.register_buffer("sin", theta.sin()[None, :, None, :], persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, H, head_dim)
+        T = x.size(1)
+        cos, sin = self.cos[:, :T].type_as(x), self.sin[:, :T].type_as(x)
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
+
+
+def document_causal_window(docs: torch.Tensor, window: torch.Tensor):
+    """Mask function: a query sees keys of its own document, not in its future, at most `window` tokens back.
+    docs: (T,) document index of each token; window: 0-dim tensor, so a new size does not recompile."""
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return (q_idx >= kv_idx) & (q_idx - kv_idx < window) & (docs[q_idx] == docs[kv_idx])
+
+    return mask_mod
+
+
+def attention_mask(inputs: torch.Tensor, window: int):
+    """inputs: (T,) tokens, documents start at BOS_ID. FlexAttention's BlockMask on CUDA; on CPU, where flex has
+    no backward, the dense (1, 1, T, T) mask built from the same mask function."""
+    T = inputs.numel()
+    docs = (inputs == BOS_ID).cumsum(0)
+    mask_mod = document_causal_window(docs, torch.tensor(window, device=inputs.device))
+    if on_gpu(inputs):
+        return create_block_mask(mask_mod, None, None, T, T, device=inputs.device, _compile=True)
+    return create_mask(mask_mod, None, None, T, T, device=inputs.device)
+
+
+def attend(q, k, v, mask, scale: float) -> torch.Tensor:  # q, k, v: (B, H, T, head_dim)
+    if isinstance(mask, BlockMask):
+        return flex_attention(q, k, v, block_mask=mask, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, head_dim: int, gate_dim: int, rotary: Rotary, scale: float):
+        super().__init__()
+        assert num_heads * head_dim == dim, "q, k, v and the output projection share one (4, dim, dim) bank"
+        self.num_heads, self.head_dim, self.gate_dim, self.scale = num_heads, head_dim, gate_dim, scale
+        self.rotary = rotary
+        bound = 3**0.5 * 0.5 * dim**-0.5
+        qkvo = torch.empty(4, dim, dim).uniform_(-bound, bound)
+        qkvo[3].zero_()  # output projection starts at zero: each block begins as the identity
+        self.qkvo = nn.Parameter(qkvo)  # (4, out, in): q, k, v, o
+        self.gate = nn.Parameter(torch.zeros(num_heads, gate_dim))  # per-head output gate, sigmoid(0) = 0.5
+        self.value_mix = nn.Parameter(torch.tensor([0.5, 0.5]))  # v = a·v + b·value_embedding
+
+    def forward(self, x: torch.Tensor, value_embed, mask) -> torch.Tensor:  # x: (B, T, D)
+        B, T, D = x.shape
+        H, Dh = self.num_heads, self.head_dim
+        w = self.qkvo.type_as(x)
+        q, k, v = F.linear(x, w[:3].flatten(0, 1)).view(B, T, 3 * H, Dh).chunk(3, dim=-2)
+        q, k = self.rotary(norm(q)), self.rotary(norm(k))
+        if value_embed is not None:
+            v = self.value_mix[0] * v + self.value_mix[1] * value_embed.view_as(v)
+        y = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, self.scale).transpose(1, 2)
+        gate = torch.sigmoid(F.linear(x[..., : self.gate_dim], self.gate.type_as(x)))  # (B, T, H)
+        y = (y * gate[..., None]).reshape(B, T, D)
+        return F.linear(y, w[3])
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        bound = 3**0.5 * 0.5 * dim**-0.5
+        self.fc = nn.Parameter(torch.empty(hidden, dim).uniform_(-bound, bound))  # (out, in)
+        self.proj = nn.Parameter(torch.zeros(dim, hidden))  # (out, in), zero: the block starts as the identity
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(relu_sq(F.linear(x, self.fc.type_as(x))), self.proj.type_as(x))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, num_heads: int, head_dim: int, mlp_hidden: int, gate_dim: int, rotary, scale):
+        super().__init__()
+        self.attn = CausalSelfAttention(dim, num_heads, head_dim, gate_dim, rotary, scale)
+        self.mlp = MLP(dim, mlp_hidden)
+        self.residual_mix = nn.Parameter(torch.tensor([1.0, 0.0]))  # x = a·x + b·x0 (x0: the token embedding)
+
+    def forward(self, x, x0, value_embed, mask):
+        x = self.residual_mix[0] * x + self.residual_mix[1] * x0
+        x = x + self.attn(norm(x), value_embed, mask)
+        return x + self.mlp(norm(x))
+
+
+class GPT(nn.Module):
+    """U-net GPT: the first half of the blocks feed sigmoid-gated skips into the mirrored second half. The LM head
+    is stored (D, V), the transpose of the (V, D) embedding; while `tied`, the two hold the same weights."""
+
+    def __init__(self, hp: "Hyperparameters"):
+        super().__init__()
+        V, D, L = hp.vocab_size, hp.model_dim, hp.num_layers
+        assert L % 2 == 0 and len(hp.window_pattern) == L, "--num_layers must be even and match --window_pattern"
+        self.window_pattern, self.logit_cap = hp.window_pattern, hp.logit_cap
+        self.embed = nn.Embedding(V, D)
+        self.embed.weight.data.normal_(0.0, hp.embed_std)
+        num_ve = min(hp.num_value_embeds, L // 2)
+        self.value_embeds = nn.ModuleList(nn.Embedding(V, D) for _ in range(num_ve))
+        # value embedding i feeds block i and block L - num_ve + i; the blocks between have none
+        self.value_embed_of_block = [i if i < num_ve else (i - (L - num_ve) if i >= L - num_ve else None)
+                                     for i in range(L)]
+        rotary = Rotary(hp.head_dim, hp.max_seq_len, hp.rope_base)
+        self.blocks = nn.ModuleList(
+            Block(D, hp.num_heads, hp.head_dim, hp.mlp_mult * D, hp.attn_gate_dim, rotary, hp.attn_scale)
+            for _ in range(L))
+        self.skip_gates = nn.Parameter(torch.zeros(L // 2))  # sigmoid(0) = 0.5
+        self.lm_head = nn.Parameter(self.embed.weight.data.T.contiguous())  # (D, V)
+        self.tied = True
+
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, masks: dict) -> torch.Tensor:
+        """inputs: (T,) int32, targets: (T,) int64, masks: window kind ('S'/'L') -> mask. Returns the mean loss."""
+        x = x0 = norm(self.embed(inputs).bfloat16())[None]  # (1, T, D)
+        ves = [ve(inputs).bfloat16()[None] for ve in self.value_embeds]
+        skips, half = [], len(self.blocks) // 2
+        for i, block in enumerate(self.blocks):
+            if i >= half:
+                x = x + torch.sigmoid(self.skip_gates[i - half]) * skips.pop()
+            j = self.value_embed_of_block[i]
+            x = block(x, x0, ves[j] if j is not None else None, masks[self.window_pattern[i]])
+            if i < half:
+                skips.append(x)
+        logits = softcap(norm(x[0]) @ self.lm_head.bfloat16(), self.logit_cap).float()  # (T, V)
+        return F.cross_entropy(logits, targets)
+
+    def tie_gradients(self) -> None:
+        """While tied, the embedding's gradient belongs to the LM head: add it, transposed, and drop it."""
+        if self.tied and self.embed.weight.grad is not None:
+            transpose_add(self.embed.weight.grad, self.lm_head.grad)
+            self.embed.weight.grad = None
+
+    @torch.no_grad()
+    def tie_weights(self) -> None:
+        if self.tied:
+            transpose_copy(self.lm_head, self.embed.weight)
+
+
+
 # ----- Data -----
 
 SHARD_MAGIC = 20240520  # BOS_ID (50256, before every document) is defined with the model, which needs it first
@@ -732,4 +895,535 @@ def val_batches(pattern: str, val_tokens: int, val_seq_len: int, rank: int, worl
 
 # ----- Hyperparameters -----
 
+
+@dataclasses.dataclass
+class Hyperparameters:
+    # data
+    train_files: str = "data/fineweb10B/fineweb_train_*.bin"
+    val_files: str = "data/fineweb10B/fineweb_val_*.bin"
+    val_tokens: int = 10_485_760  # the first 10,485,760 validation tokens: the public speedrun's yardstick
+    val_seq_len: int = 65_536
+    align_to_bos: bool = True
+    # batch: a step is `slices_per_step` slices of seq_len tokens, one per rank of an 8-GPU record run
+    slices_per_step: int = 8
+    seq_lens: str = "16384,32768,49152"  # batch-size schedule: one seq_len per equal stage of training
+    num_iterations: int = 1750
+    # model
+    vocab_size: int = 50304  # 50257 padded to a multiple of 128
+    num_layers: int = 12
+    model_dim: int = 768
+    num_heads: int = 6
+    head_dim: int = 128
+    mlp_mult: int = 4
+    attn_gate_dim: int = 12
+    num_value_embeds: int = 3
+    attn_scale: float = 0.12  # QK-norm bounds q·k by head_dim, so the usual 1/sqrt(head_dim) is too soft
+    rope_base: float = 10000.0
+    logit_cap: float = 15.0
+    embed_std: float = 0.02
+    window_pattern: str = "SSSLSSSLSSSL"  # per block: S short or L long sliding window
+    window_min: int = 384  # long window at the start, in tokens; short windows are half the long one
+    window_max: int = 1792  # long window at the end; windows move in FlexAttention blocks of 128 tokens
+    # optimization
+    muon_lr: float = 0.05
+    muon_momentum_start: float = 0.85
+    muon_momentum: float = 0.95
+    momentum_warmup_steps: int = 300
+    muon_beta2: float = 0.95
+    muon_weight_decay: float = 0.01
+    adam_embed_lr: float = 0.3
+    adam_head_lr: float = 0.008
+    adam_scalar_lr: float = 0.04
+    adam_beta1: float = 0.8
+    adam_beta2: float = 0.95
+    untie_frac: float = 2 / 3  # the embedding and LM head share weights until this fraction of training
+    lr_warmup_steps: int = 0
+    cooldown_frac: float = 0.45  # the last 45% of steps decay the learning rates linearly ...
+    final_lr_frac: float = 0.1  # ... to this fraction
+    # run
+    val_every: int = 125
+    warmup_steps: int = 10  # kernel warm-up steps per batch shape, on dummy data, before the timed region
+    seed: int = 0
+    run_id: str = ""
+    log_dir: str = "logs"
+    compile: bool = True  # torch.compile on CUDA (never on CPU)
+    save_checkpoint: bool = False
+    save_every: int = 0
+    checkpoint_dir: str = "checkpoints"
+    resume: str = ""
+    bench_steps: int = 0  # > 0: time this many steps at the final batch size on synthetic data, print a table, exit
+    bench_trace: str = ""  # with --bench_steps: write a torch.profiler trace of 3 steps to this path
+    preset: str = "record"
+
+    def __post_init__(self):
+        def require(ok: bool, flag: str, why: str):
+            if not ok:
+                raise ValueError(f"--{flag}={getattr(self, flag)}: {why}")
+
+        require(self.num_heads * self.head_dim == self.model_dim, "model_dim", "must equal num_heads * head_dim")
+        require(self.num_layers % 2 == 0, "num_layers", "must be even (U-net skips pair the halves)")
+        require(len(self.window_pattern) == self.num_layers and set(self.window_pattern) <= {"S", "L"},
+                "window_pattern", "needs one letter S or L per layer")
+        require(all(n > 0 for n in self.seq_len_stages), "seq_lens", "must be positive integers")
+        require(128 <= self.window_min <= self.window_max, "window_min", "must be >= 128 and <= --window_max")
+        require(self.val_tokens % self.val_seq_len == 0, "val_tokens", "must be a multiple of --val_seq_len")
+        require(self.num_iterations > 0, "num_iterations", "must be positive")
+        require(0 < self.cooldown_frac <= 1, "cooldown_frac", "must be in (0, 1]")
+
+    @property
+    def seq_len_stages(self) -> list[int]:
+        return [int(n) for n in self.seq_lens.split(",")]
+
+    @property
+    def max_seq_len(self) -> int:
+        return max(self.seq_len_stages + [self.val_seq_len])
+
+
+PRESETS = {
+    "record": {},
+    "tiny": dict(num_layers=2, model_dim=64, num_heads=2, head_dim=32, attn_gate_dim=8, num_value_embeds=1,
+                 window_pattern="SL", window_min=128, window_max=256, seq_lens="128", val_tokens=2048,
+                 val_seq_len=512, num_iterations=40, val_every=10, warmup_steps=1, momentum_warmup_steps=10),
+}
+
+
+def parse_value(flag: str, text: str, kind):
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return text.lower() in ("true", "1")
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"--{flag}={text}: expected a {kind.__name__}") from None
+
+
+def parse_args(argv: list[str]) -> Hyperparameters:
+    """`--name=value` for any Hyperparameters field; `--preset=tiny` picks the starting values."""
+    fields = {f.name: f.type for f in dataclasses.fields(Hyperparameters)}
+    overrides = {}
+    for arg in argv:
+        name, eq, text = arg.removeprefix("--").partition("=")
+        if not arg.startswith("--") or not eq:
+            raise ValueError(f"argument {arg!r}: expected --name=value")
+        if name not in fields:
+            raise ValueError(f"unknown flag --{name}; known flags: {', '.join('--' + n for n in fields)}")
+        overrides[name] = parse_value(name, text, fields[name])
+    preset = overrides.get("preset", "record")
+    if preset not in PRESETS:
+        raise ValueError(f"--preset={preset}: expected one of {', '.join(PRESETS)}")
+    return Hyperparameters(**{**PRESETS[preset], **overrides})
+
+
+
 # ----- Training -----
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class Logger:
+    """Rank 0 prints each line and appends it to logs/<run_id>.txt, flushed at once so a crash keeps it all."""
+
+    def __init__(self, path: Path | None):
+        self.file = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.exists():
+                raise FileExistsError(f"{path} exists: a log holds one run, choose another --run_id")
+            self.file = open(path, "xb")
+
+    def write_bytes(self, data: bytes) -> None:
+        if self.file:
+            self.file.write(data)
+            self.file.flush()
+
+    def __call__(self, line: str, console: bool = True) -> None:
+        if self.file is None:
+            return
+        if console:
+            print(line, flush=True)
+        self.write_bytes((line + "\n").encode())
+
+
+def log_source(log: Logger) -> None:
+    digest = hashlib.sha256(SOURCE_BYTES).hexdigest()
+    log.write_bytes(f"==== train_gpt.py source begin sha256:{digest} bytes:{len(SOURCE_BYTES)} ====\n".encode())
+    log.write_bytes(SOURCE_BYTES + b"\n==== train_gpt.py source end ====\n")
+
+
+def launch_command(world_size: int) -> str:
+    """The command line that reproduces this run (torchrun does not pass its own arguments to the workers)."""
+    script = [os.path.relpath(sys.argv[0]), *sys.argv[1:]]
+    if "LOCAL_WORLD_SIZE" not in os.environ:
+        return shlex.join(["python", *script])
+    nodes = world_size // int(os.environ["LOCAL_WORLD_SIZE"])
+    where = ["--standalone"] if nodes == 1 else [f"--nnodes={nodes}"]
+    return shlex.join(["torchrun", *where, f"--nproc_per_node={os.environ['LOCAL_WORLD_SIZE']}", *script])
+
+
+def log_environment(log: Logger, hp: Hyperparameters, run_id: str, world_size: int, device: torch.device) -> None:
+    log(f"run_id:{run_id}")
+    log(f"date:{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}")
+    log(f"command:{launch_command(world_size)}")
+    log(f"python:{platform.python_version()}")
+    log(f"torch:{torch.__version__}")
+    log(f"triton:{triton.__version__}")
+    log(f"cuda:{torch.version.cuda or 'none'}")
+    log(f"gpu:{f'{world_size}x {torch.cuda.get_device_name(device)}' if device.type == 'cuda' else 'cpu'}")
+    log(f"world_size:{world_size}")
+    try:
+        smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        smi = f"nvidia-smi not available: {e}"
+    log("==== nvidia-smi begin ====", console=False)
+    log(smi.rstrip("\n"), console=False)
+    log("==== nvidia-smi end ====", console=False)
+    for field in dataclasses.fields(hp):
+        log(f"hparam:{field.name}={getattr(hp, field.name)}", console=False)
+
+
+def build_optimizers(model: GPT, hp: Hyperparameters, rank: int, world_size: int) -> list[torch.optim.Optimizer]:
+    blocks = model.blocks
+    muon_groups = [dict(params=[getattr_path(b, label) for b in blocks], label=label, lr=hp.muon_lr,
+                        initial_lr=hp.muon_lr, neuron_axis=NEURON_AXIS[label], lr_mul=1.0)
+                   for label in ("attn.qkvo", "attn.gate", "mlp.fc", "mlp.proj")]
+    scalars = [model.skip_gates] + [p for b in blocks for p in (b.residual_mix, b.attn.value_mix)]
+    # The embedding and the LM head communicate in step(), not from hooks: while tied, their gradients are
+    # combined after backward (GPT.tie_gradients).
+    adam_groups = [dict(params=[model.lm_head], lr=hp.adam_head_lr, overlap=False),
+                   dict(params=[model.embed.weight], lr=hp.adam_embed_lr, overlap=False),
+                   dict(params=[ve.weight for ve in model.value_embeds], lr=hp.adam_embed_lr),
+                   dict(params=scalars, lr=hp.adam_scalar_lr)]
+    for group in adam_groups:
+        group["initial_lr"] = group["lr"]
+    grouped = [p for g in muon_groups + adam_groups for p in g["params"]]
+    assert len(grouped) == len(set(grouped)) == len(list(model.parameters())), "each parameter in one group"
+    return [NorMuon(muon_groups, lr=hp.muon_lr, momentum=hp.muon_momentum, beta2=hp.muon_beta2,
+                    weight_decay=hp.muon_weight_decay, rank=rank, world_size=world_size),
+            DistAdam(adam_groups, lr=hp.adam_scalar_lr, betas=(hp.adam_beta1, hp.adam_beta2), eps=1e-10,
+                     rank=rank, world_size=world_size)]
+
+
+def getattr_path(obj, path: str):
+    for name in path.split("."):
+        obj = getattr(obj, name)
+    return obj
+
+
+def lr_multiplier(step: int, hp: Hyperparameters) -> float:
+    if step < hp.lr_warmup_steps:
+        return (step + 1) / hp.lr_warmup_steps
+    cooldown_start = 1 - hp.cooldown_frac
+    progress = step / hp.num_iterations
+    if progress < cooldown_start:
+        return 1.0
+    return 1.0 + (hp.final_lr_frac - 1.0) * (progress - cooldown_start) / hp.cooldown_frac
+
+
+def muon_momentum(step: int, hp: Hyperparameters) -> float:
+    frac = min(step / hp.momentum_warmup_steps, 1.0) if hp.momentum_warmup_steps else 1.0
+    return (1 - frac) * hp.muon_momentum_start + frac * hp.muon_momentum
+
+
+def seq_len_at(step: int, hp: Hyperparameters) -> int:
+    stages = hp.seq_len_stages
+    return stages[min(step * len(stages) // hp.num_iterations, len(stages) - 1)]
+
+
+def windows_at(step: int, hp: Hyperparameters) -> dict[str, int]:
+    """Sliding-window sizes in tokens: the long window grows linearly over training in blocks of 128."""
+    grown = hp.window_min + (hp.window_max - hp.window_min) * min(step / hp.num_iterations, 1.0)
+    long = 128 * round(grown / 128)
+    return {"L": long, "S": max(128, 128 * round(long / 256))}
+
+
+def set_schedules(optimizers, step: int, hp: Hyperparameters) -> None:
+    lr_mul, momentum = lr_multiplier(step, hp), muon_momentum(step, hp)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["initial_lr"] * lr_mul
+            if "momentum" in group:
+                group["momentum"] = momentum
+
+
+def set_grad_sync(optimizers, enabled: bool) -> None:
+    """Gradient communication starts from backward hooks only on the last micro-step of accumulation."""
+    for opt in optimizers:
+        opt.grad_sync_enabled = enabled
+
+
+def train_step(model: GPT, forward, optimizers, batches, step: int, hp: Hyperparameters, world_size: int):
+    """One optimizer step over this rank's slices (len(batches) = gradient-accumulation micro-steps).
+    Returns the mean training loss over all slices of all ranks, as a tensor (no host sync)."""
+    windows = windows_at(step, hp)
+    total = torch.zeros((), device=batches[0][0].device)
+    for i, (inputs, targets) in enumerate(batches):
+        set_grad_sync(optimizers, i == len(batches) - 1)
+        masks = {kind: attention_mask(inputs, w) for kind, w in windows.items()}
+        loss = forward(inputs, targets, masks)
+        (loss / len(batches)).backward()
+        total += loss.detach() / len(batches)
+    model.tie_gradients()
+    set_schedules(optimizers, step, hp)
+    for opt in optimizers:
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    model.tie_weights()
+    if world_size > 1:
+        dist.all_reduce(total)
+    return total / world_size
+
+
+@torch.no_grad()
+def evaluate(forward, step: int, hp: Hyperparameters, rank: int, world_size: int, device) -> float:
+    windows = windows_at(step, hp)
+    total = torch.zeros((), device=device)
+    for inputs, targets in val_batches(hp.val_files, hp.val_tokens, hp.val_seq_len, rank, world_size, device):
+        masks = {kind: attention_mask(inputs, w) for kind, w in windows.items()}
+        total += forward(inputs, targets, masks).float()
+    if world_size > 1:
+        dist.all_reduce(total)
+    return total.item() / (hp.val_tokens // hp.val_seq_len)
+
+
+def dummy_batches(seq_len: int, count: int, hp: Hyperparameters, device, seed: int = 0) -> list:
+    """Random tokens in documents of random length (mean ~1000 tokens, like FineWeb's), each starting with BOS."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, BOS_ID, (count, seq_len + 1), generator=g)
+    tokens[torch.rand(count, seq_len + 1, generator=g) < 1e-3] = BOS_ID
+    tokens[:, 0] = BOS_ID
+    return [(t[:-1].to(device, torch.int32), t[1:].to(device, torch.int64)) for t in tokens]
+
+
+def warmup_kernels(model: GPT, forward, optimizers, hp: Hyperparameters, rank: int, world_size: int, device):
+    """Compile and autotune every batch shape on dummy data, then restore the initial model and optimizer state,
+    so the timed run starts exactly where an un-warmed run would."""
+    model_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    optimizer_states = [opt.state_dict() for opt in optimizers]
+    accum = hp.slices_per_step // world_size
+    for seq_len in hp.seq_len_stages:
+        for _ in range(hp.warmup_steps):
+            train_step(model, forward, optimizers, dummy_batches(seq_len, accum, hp, device), 0, hp, world_size)
+    if hp.warmup_steps:
+        with torch.no_grad():
+            inputs, targets = dummy_batches(hp.val_seq_len, 1, hp, device)[0]
+            masks = {kind: attention_mask(inputs, w) for kind, w in windows_at(0, hp).items()}
+            forward(inputs, targets, masks)
+    model.load_state_dict(model_state)
+    for opt, state in zip(optimizers, optimizer_states):
+        opt.load_state_dict(state)
+    model.tied = True
+
+
+def matmul_tflops(device) -> float:
+    """The measured bf16 matmul rate (an 8192³ product, random data), the ceiling that MFU is relative to."""
+    if device.type != "cuda":
+        return float("nan")
+    a, b = torch.randn(2, 8192, 8192, device=device, dtype=torch.bfloat16).unbind(0)
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(20):
+        a @ b
+    end.record()
+    torch.cuda.synchronize(device)
+    return 20 * 2 * 8192**3 / (start.elapsed_time(end) / 1000) / 1e12
+
+
+def flops_per_token(model: GPT, inputs: torch.Tensor, windows: dict[str, int]) -> tuple[float, float]:
+    """Training FLOPs per token: 6 · (matmul parameters, LM head included; embeddings are lookups, no FLOPs)
+    plus attention 12 · attended keys · model_dim per layer (q·k and p·v, 2 FLOPs a multiply-add, forward +
+    2x backward), counting for each query the keys its document-causal window really lets it see."""
+    matmul_params = model.lm_head.numel() + sum(b.attn.qkvo.numel() + b.mlp.fc.numel() + b.mlp.proj.numel()
+                                                for b in model.blocks)
+    pos = torch.arange(inputs.numel(), device=inputs.device)
+    doc_start = torch.cummax(torch.where(inputs == BOS_ID, pos, 0), 0).values
+    attended = {kind: torch.clamp(pos - doc_start + 1, max=w).float().mean().item() for kind, w in windows.items()}
+    dim = model.embed.weight.size(1)
+    attention = sum(12 * attended[kind] * dim for kind in model.window_pattern)
+    return 6 * matmul_params, attention
+
+
+def timed(device, fn) -> float:
+    synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    synchronize(device)
+    return 1000 * (time.perf_counter() - t0)
+
+
+def benchmark(model: GPT, forward, optimizers, hp: Hyperparameters, rank: int, world_size: int, device, log):
+    """Full training steps at the final batch size on synthetic documents: ms per step, tokens/s, MFU against
+    the measured matmul rate, peak memory, and where the time goes."""
+    step = hp.num_iterations - 1  # the final stage: largest batch and windows
+    seq_len, accum = seq_len_at(step, hp), hp.slices_per_step // world_size
+    batches = [dummy_batches(seq_len, accum, hp, device, seed=i) for i in range(hp.bench_steps)]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    step_ms = [timed(device, lambda b=b: train_step(model, forward, optimizers, b, step, hp, world_size))
+               for b in batches]
+    median, lo, hi = sorted(step_ms)[len(step_ms) // 2], min(step_ms), max(step_ms)
+    phases = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
+    masks = [{k: attention_mask(x, w) for k, w in windows_at(step, hp).items()} for x, _ in batches[0]]
+    for (inputs, targets), mask in zip(batches[0], masks):
+        set_grad_sync(optimizers, True)
+        loss = None
+
+        def run_forward():
+            nonlocal loss
+            loss = forward(inputs, targets, mask)
+
+        phases["forward"] += timed(device, run_forward)
+        phases["backward"] += timed(device, lambda: (loss / accum).backward())
+    model.tie_gradients()
+    phases["optimizer"] += timed(device, lambda: [opt.step() for opt in optimizers])
+    model.zero_grad(set_to_none=True)
+    model.tie_weights()
+    matmul, attention = flops_per_token(model, batches[0][0][0], windows_at(step, hp))
+    tokens = hp.slices_per_step * seq_len
+    peak = matmul_tflops(device)
+    achieved = (matmul + attention) * tokens / (median / 1000) / 1e12
+    total = sum(phases.values())
+    log(f"info:bench device:{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'} "
+        f"world_size:{world_size} accumulation:{accum} tokens_per_step:{tokens} seq_len:{seq_len} steps:{len(step_ms)}")
+    log(f"info:bench step_ms_median:{median:.1f} step_ms_min:{lo:.1f} step_ms_max:{hi:.1f} "
+        f"tokens_per_s:{tokens / (median / 1000):.0f} tokens_per_s_per_gpu:{tokens / (median / 1000) / world_size:.0f}")
+    log(f"info:bench flops_per_token:{(matmul + attention) / 1e6:.1f}M = 6*matmul_params {matmul / 1e6:.1f}M "
+        f"+ attention {attention / 1e6:.1f}M")
+    log(f"info:bench achieved_tflops_per_gpu:{achieved / world_size:.1f} matmul_peak_tflops:{peak:.1f} "
+        f"mfu:{100 * achieved / world_size / peak:.1f}% peak_memory:{peak_memory_mib(device)}MiB")
+    log("info:bench share " + " ".join(f"{k}:{100 * v / total:.1f}%({v:.1f}ms)" for k, v in phases.items()))
+    if hp.bench_trace:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for b in batches[:3]:
+                train_step(model, forward, optimizers, b, step, hp, world_size)
+            synchronize(device)
+        prof.export_chrome_trace(hp.bench_trace)
+        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        for line in prof.key_averages().table(sort_by=sort, row_limit=25).splitlines():
+            log(f"info:profile {line}")
+
+
+def save_checkpoint(path: Path, model: GPT, optimizers, loader, step: int, hp: Hyperparameters, rank: int):
+    optimizer_states = [opt.state_dict() for opt in optimizers]  # collective: every rank takes part
+    if rank == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(dict(step=step, tied=model.tied, model=model.state_dict(), optimizers=optimizer_states,
+                        loader=loader.state_dict(), hparams=dataclasses.asdict(hp)), path)
+
+
+def load_checkpoint(path: str, model: GPT, optimizers, loader) -> int:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--resume={path}: no such checkpoint file")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(ckpt["model"])
+    model.tied = ckpt["tied"]
+    for opt, state in zip(optimizers, ckpt["optimizers"]):
+        opt.load_state_dict(state)
+    loader.load_state_dict(ckpt["loader"])
+    return ckpt["step"]
+
+
+def peak_memory_mib(device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) // 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+
+
+def synchronize(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train(hp: Hyperparameters, rank: int, world_size: int, device: torch.device, log: Logger) -> float:
+    if hp.slices_per_step % world_size:
+        raise ValueError(f"world size {world_size} does not fit: a step is --slices_per_step={hp.slices_per_step} "
+                         f"slices, which must split evenly over the ranks (use 1, 2, 4 or 8 GPUs)")
+    torch.manual_seed(hp.seed)
+    model = GPT(hp).to(device)
+    forward = torch.compile(model, dynamic=False) if device.type == "cuda" and hp.compile else model
+    optimizers = build_optimizers(model, hp, rank, world_size)
+    loader = TrainLoader(hp.train_files, rank, world_size, hp.slices_per_step, hp.align_to_bos, device)
+    warmup_kernels(model, forward, optimizers, hp, rank, world_size, device)
+    if hp.bench_steps:
+        benchmark(model, forward, optimizers, hp, rank, world_size, device, log)
+        return float("nan")
+    start_step = load_checkpoint(hp.resume, model, optimizers, loader) if hp.resume else 0
+    untie_step = int(hp.untie_frac * hp.num_iterations)
+    train_time_ms, tokens_seen, pending_loss = 0.0, 0, None
+    synchronize(device)
+    t0 = time.perf_counter()
+    step = start_step
+    while True:
+        last = step == hp.num_iterations
+        if last or (hp.val_every and step % hp.val_every == 0):
+            synchronize(device)
+            train_time_ms += 1000 * (time.perf_counter() - t0)
+            val_loss = evaluate(forward, step, hp, rank, world_size, device)
+            step_avg = train_time_ms / max(step - start_step, 1)
+            log(f"step:{step}/{hp.num_iterations} val_loss:{val_loss:.4f} train_time:{train_time_ms:.0f}ms "
+                f"step_avg:{step_avg:.2f}ms")
+            if not math.isfinite(val_loss):
+                raise NonFiniteLoss(f"non-finite validation loss {val_loss} at step {step}")
+            synchronize(device)
+            t0 = time.perf_counter()
+        if last:
+            break
+        if step >= untie_step:
+            model.tied = False
+        seq_len = seq_len_at(step, hp)
+        loss = train_step(model, forward, optimizers, loader.next_batch(seq_len), step, hp, world_size)
+        if pending_loss is not None and not math.isfinite(pending_loss.item()):  # last step's: no stall
+            raise NonFiniteLoss(f"non-finite training loss {pending_loss.item()} at step {step}")
+        pending_loss = loss
+        tokens_seen += hp.slices_per_step * seq_len
+        step += 1
+        step_ms = train_time_ms + 1000 * (time.perf_counter() - t0)
+        log(f"step:{step}/{hp.num_iterations} train_time:{step_ms:.0f}ms "
+            f"step_avg:{step_ms / (step - start_step):.2f}ms")
+        if hp.save_every and step % hp.save_every == 0 and step < hp.num_iterations:
+            synchronize(device)
+            train_time_ms += 1000 * (time.perf_counter() - t0)
+            save_checkpoint(Path(hp.checkpoint_dir) / f"{hp.run_id}_step{step}.pt", model, optimizers, loader,
+                            step, hp, rank)
+            t0 = time.perf_counter()
+    if pending_loss is not None and not math.isfinite(pending_loss.item()):
+        raise NonFiniteLoss(f"non-finite training loss {pending_loss.item()} at step {step}")
+    log(f"final_val_loss:{val_loss:.4f} train_time:{train_time_ms:.0f}ms steps:{step} "
+        f"peak_memory:{peak_memory_mib(device)}MiB tokens_seen:{tokens_seen}")
+    if hp.save_checkpoint:
+        save_checkpoint(Path(hp.checkpoint_dir) / f"{hp.run_id}_final.pt", model, optimizers, loader, step, hp,
+                        rank)
+    return val_loss
+
+
+def main(argv: list[str]) -> int:
+    try:
+        hp = parse_args(argv)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rank, world_size, device = init_distributed()
+    if not hp.run_id:
+        hp.run_id = uuid.uuid4().hex[:12]  # only rank 0 writes, so only rank 0's id matters
+    log = Logger(Path(hp.log_dir) / f"{hp.run_id}.txt" if rank == 0 else None)
+    log_source(log)
+    log_environment(log, hp, hp.run_id, world_size, device)
+    try:
+        train(hp, rank, world_size, device, log)
+        return 0
+    except (NonFiniteLoss, ValueError, FileNotFoundError) as e:
+        log(f"error:{e}")
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,117 @@
+import torch
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+import train_gpt as tg
+
+
+def test_rotary_with_chunk_equals_complex_rotation():
+    torch.manual_seed(0)
+    T, H, Dh = 37, 3, 16
+    rotary = tg.Rotary(Dh, max_seq_len=64, base=10000.0)
+    x = torch.randn(2, T, H, Dh)
+    y = rotary(x)
+    # reference: pair (x[i], x[i + Dh/2]) is a complex number rotated by -pos * freq_i
+    freqs = 10000.0 ** (-torch.arange(Dh // 2, dtype=torch.float64) / (Dh // 2))
+    angle = torch.arange(T, dtype=torch.float64)[:, None] * freqs  # (T, Dh/2)
+    z = torch.complex(x[..., : Dh // 2].double(), x[..., Dh // 2 :].double())
+    ref = z * torch.polar(torch.ones_like(angle), -angle)[None, :, None, :]
+    expected = torch.cat((ref.real, ref.imag), dim=-1).float()
+    torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(y[:, 1:], x[:, 1:])  # it does rotate
+
+
+def random_documents(T: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, 1000, (T,), generator=g)
+    tokens[torch.randperm(T, generator=g)[: T // 40]] = tg.BOS_ID
+    return tokens
+
+
+def test_document_mask_matches_dense_reference():
+    T, window = 300, 50
+    tokens = random_documents(T, seed=1)
+    mask = tg.attention_mask(tokens, window)[0, 0]  # CPU: dense (T, T) bool
+    doc = (tokens == tg.BOS_ID).cumsum(0).tolist()
+    expected = torch.tensor([[k <= q and q - k < window and doc[q] == doc[k] for k in range(T)] for q in range(T)])
+    assert torch.equal(mask, expected)
+    # never another document, never the future
+    q, k = torch.nonzero(mask, as_tuple=True)
+    assert bool((k <= q).all()) and all(doc[a] == doc[b] for a, b in zip(q.tolist(), k.tolist()))
+
+
+def test_flex_attention_block_mask_matches_dense_mask_attention():
+    """The CPU path (SDPA with the dense mask) computes what FlexAttention computes on the GPU."""
+    torch.manual_seed(2)
+    T, window = 256, 96
+    tokens = random_documents(T, seed=3)
+    docs = (tokens == tg.BOS_ID).cumsum(0)
+    mask_mod = tg.document_causal_window(docs, torch.tensor(window))
+    q, k, v = torch.randn(3, 1, 2, T, 32).unbind(0)
+    flex = flex_attention(q, k, v, block_mask=create_block_mask(mask_mod, None, None, T, T, device="cpu"),
+                          scale=0.12)
+    dense = tg.attend(q, k, v, tg.attention_mask(tokens, window), scale=0.12)
+    torch.testing.assert_close(flex, dense, atol=1e-5, rtol=1e-5)
+
+
+def tiny_model(**overrides):
+    torch.manual_seed(0)
+    hp = tg.parse_args(["--preset=tiny", *[f"--{k}={v}" for k, v in overrides.items()]])
+    return tg.GPT(hp), hp
+
+
+def test_zero_initialized_output_projections_make_blocks_identity():
+    model, hp = tiny_model()
+    for block in model.blocks:
+        assert torch.count_nonzero(block.attn.qkvo[3]) == 0 and torch.count_nonzero(block.mlp.proj) == 0
+        x = torch.randn(1, 16, hp.model_dim)
+        mask = tg.attention_mask(torch.arange(16), 128)
+        assert torch.equal(block(x, x, None, mask), x)  # residual_mix starts at (1, 0)
+
+
+def test_lm_head_is_the_transposed_embedding_while_tied():
+    model, hp = tiny_model()
+    assert model.lm_head.shape == (hp.model_dim, hp.vocab_size)
+    assert torch.equal(model.lm_head.T, model.embed.weight)
+    tokens = random_documents(64, seed=4)
+    loss = model(tokens[:-1].int(), tokens[1:].long(), {k: tg.attention_mask(tokens[:-1], 128) for k in "SL"})
+    loss.backward()
+    expected = model.lm_head.grad + model.embed.weight.grad.T
+    model.tie_gradients()
+    assert model.embed.weight.grad is None
+    torch.testing.assert_close(model.lm_head.grad, expected)
+    with torch.no_grad():
+        model.lm_head.add_(1.0)
+    model.tie_weights()
+    assert torch.equal(model.lm_head.T, model.embed.weight)
+
+
+def test_logits_are_softcapped():
+    x = torch.linspace(-1000, 1000, 101)
+    y = tg.softcap(x, 15.0)
+    assert y.abs().max() <= 15.0 and torch.allclose(tg.softcap(torch.tensor([0.1]), 15.0), torch.tensor([0.1]),
+                                                    atol=1e-4)
+
+
+def test_parse_args_overrides_and_rejects_bad_flags():
+    hp = tg.parse_args(["--preset=tiny", "--num_iterations=7", "--align_to_bos=false", "--muon_lr=0.5"])
+    assert (hp.num_iterations, hp.align_to_bos, hp.muon_lr, hp.model_dim) == (7, False, 0.5, 64)
+    assert tg.parse_args([]).model_dim == 768
+    for argv, needle in [(["--nope=1"], "unknown flag --nope"), (["--num_iterations=x"], "--num_iterations=x"),
+                         (["num_iterations=3"], "expected --name=value"), (["--preset=huge"], "--preset=huge"),
+                         (["--num_layers=3", "--window_pattern=SSL"], "--num_layers=3")]:
+        try:
+            tg.parse_args(argv)
+        except ValueError as e:
+            assert needle in str(e)
+        else:
+            raise AssertionError(f"{argv} was accepted")
+
+
+def test_schedules():
+    hp = tg.parse_args(["--num_iterations=100", "--cooldown_frac=0.5", "--final_lr_frac=0.1",
+                        "--seq_lens=1024,2048", "--window_min=384", "--window_max=1792"])
+    assert tg.lr_multiplier(0, hp) == 1.0 and tg.lr_multiplier(50, hp) == 1.0
+    assert abs(tg.lr_multiplier(75, hp) - 0.55) < 1e-9 and abs(tg.lr_multiplier(100, hp) - 0.1) < 1e-9
+    assert [tg.seq_len_at(s, hp) for s in (0, 49, 50, 99)] == [1024, 1024, 2048, 2048]
+    assert tg.windows_at(0, hp) == {"L": 384, "S": 256} and tg.windows_at(100, hp) == {"L": 1792, "S": 896}
+    assert tg.muon_momentum(0, hp) == hp.muon_momentum_start and tg.muon_momentum(10**6, hp) == hp.muon_momentum

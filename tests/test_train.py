@@ -1,0 +1,93 @@
+import hashlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import train_gpt as tg
+from records.logfile import extract_source, parse_log
+from tests.helpers import make_shards
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return make_shards(tmp_path_factory.mktemp("shards"))
+
+
+def tiny_args(shards, tmp_path, run_id, *extra):
+    train, val = shards
+    return ["--preset=tiny", f"--train_files={train}", f"--val_files={val}", f"--log_dir={tmp_path}",
+            f"--checkpoint_dir={tmp_path}", f"--run_id={run_id}", *extra]
+
+
+def val_losses(log: Path) -> dict[int, float]:
+    return {int(m[1]): float(m[2]) for m in re.finditer(r"^step:(\d+)/\d+ val_loss:(\S+)", log.read_text(), re.M)}
+
+
+def test_tiny_preset_loss_falls(shards, tmp_path):
+    assert tg.main(tiny_args(shards, tmp_path, "fall", "--num_iterations=30")) == 0
+    losses = val_losses(tmp_path / "fall.txt")
+    assert losses[0] > 10.0 and losses[30] < 5.0, losses
+    text = (tmp_path / "fall.txt").read_text()
+    assert re.search(r"^final_val_loss:\S+ train_time:\d+ms steps:30 peak_memory:\d+MiB tokens_seen:30720$",
+                     text, re.M)
+
+
+def test_log_starts_with_exact_source_and_its_sha256(shards, tmp_path):
+    assert tg.main(tiny_args(shards, tmp_path, "src", "--num_iterations=2")) == 0
+    data = (tmp_path / "src.txt").read_bytes()
+    source = (ROOT / "train_gpt.py").read_bytes()
+    header = f"==== train_gpt.py source begin sha256:{hashlib.sha256(source).hexdigest()} bytes:{len(source)} ====\n"
+    assert data.startswith(header.encode() + source + b"\n==== train_gpt.py source end ====\n")
+    text = data.decode()
+    for key in ("run_id:src", "world_size:1", "gpu:cpu", "hparam:num_iterations=2", "hparam:preset=tiny"):
+        assert f"\n{key}\n" in text
+    assert re.search(r"^step:2/2 train_time:\d+ms step_avg:[\d.]+ms$", text, re.M)
+    # the records tools read it back: the exact source, and a complete run
+    assert extract_source(tmp_path / "src.txt") == source
+    assert parse_log(tmp_path / "src.txt").status == "complete"
+
+
+def test_world_size_that_does_not_fit_is_rejected():
+    hp = tg.parse_args(["--preset=tiny"])
+    with pytest.raises(ValueError, match="world size 3 does not fit"):
+        tg.train(hp, rank=0, world_size=3, device=tg.torch.device("cpu"), log=tg.Logger(None))
+
+
+def test_missing_shards_name_the_download_command(tmp_path):
+    args = ["--preset=tiny", f"--train_files={tmp_path}/none_*.bin", f"--log_dir={tmp_path}", "--run_id=missing"]
+    assert tg.main(args) == 1
+    assert "cached_fineweb10B.py" in (tmp_path / "missing.txt").read_text().splitlines()[-1]
+
+
+def test_non_finite_loss_stops_the_run_with_a_message(shards, tmp_path):
+    assert tg.main(tiny_args(shards, tmp_path, "nan", "--adam_scalar_lr=inf", "--num_iterations=20")) == 1
+    last = (tmp_path / "nan.txt").read_text().splitlines()[-1]
+    assert last.startswith("error:non-finite") and "step" in last
+
+
+def test_resume_from_checkpoint_continues_exactly(shards, tmp_path):
+    assert tg.main(tiny_args(shards, tmp_path, "full", "--num_iterations=6", "--save_every=3")) == 0
+    ckpt = tmp_path / "full_step3.pt"
+    assert ckpt.exists()
+    assert tg.main(tiny_args(shards, tmp_path, "resumed", "--num_iterations=6", f"--resume={ckpt}")) == 0
+    full, resumed = val_losses(tmp_path / "full.txt"), val_losses(tmp_path / "resumed.txt")
+    assert resumed[6] == pytest.approx(full[6], abs=1e-6)
+
+
+def test_two_gloo_ranks_match_one_rank_with_accumulation(shards, tmp_path):
+    """Same slices, same math: 2 ranks x 4 micro-steps give the loss of 1 rank x 8 micro-steps."""
+    args = tiny_args(shards, tmp_path, "two", "--num_iterations=5", "--val_every=5")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    str(ROOT / "train_gpt.py"), *args], check=True, cwd=ROOT, env=env, timeout=600)
+    assert tg.main(tiny_args(shards, tmp_path, "one", "--num_iterations=5", "--val_every=5")) == 0
+    two, one = val_losses(tmp_path / "two.txt"), val_losses(tmp_path / "one.txt")
+    assert "world_size:2" in (tmp_path / "two.txt").read_text()
+    assert one[0] == pytest.approx(two[0], abs=1e-6)
+    assert one[5] == pytest.approx(two[5], abs=2e-3) and one[5] < one[0] - 1.0
