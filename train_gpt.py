@@ -1347,11 +1347,12 @@ def train(hp: Hyperparameters, rank: int, world_size: int, device: torch.device,
     model = GPT(hp).to(device)
     forward = torch.compile(model, dynamic=False) if device.type == "cuda" and hp.compile else model
     optimizers = build_optimizers(model, hp, rank, world_size)
-    warmup_kernels(model, forward, optimizers, hp, rank, world_size, device)
     if hp.bench_steps:
+        warmup_kernels(model, forward, optimizers, hp, rank, world_size, device)
         benchmark(model, forward, optimizers, hp, rank, world_size, device, log)
         return float("nan")
     loader = TrainLoader(hp.train_files, rank, world_size, hp.slices_per_step, hp.align_to_bos, device)
+    warmup_kernels(model, forward, optimizers, hp, rank, world_size, device)
     start_step = load_checkpoint(hp.resume, model, optimizers, loader) if hp.resume else 0
     untie_step = int(hp.untie_frac * hp.num_iterations)
     train_time_ms, tokens_seen, pending_loss = 0.0, 0, None
