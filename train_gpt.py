@@ -6,6 +6,7 @@ SOURCE_BYTES = Path(__file__).read_bytes()  # read first, so the log holds exact
 # ----- Imports, distributed setup, device -----
 import dataclasses
 import datetime
+import functools
 import glob
 import hashlib
 import math
@@ -602,14 +603,19 @@ def document_causal_window(docs: torch.Tensor, window: torch.Tensor):
     return mask_mod
 
 
-def attention_mask(inputs: torch.Tensor, window: int):
-    """inputs: (T,) tokens, documents start at BOS_ID. FlexAttention's BlockMask on CUDA; on CPU, where flex has
-    no backward, the dense (1, 1, T, T) mask built from the same mask function."""
+@functools.cache
+def window_tensor(tokens: int, device: torch.device) -> torch.Tensor:
+    """A window size as a 0-dim tensor on the device, made once per size: a new Python int would recompile."""
+    return torch.tensor(tokens, dtype=torch.int32, device=device)
+
+
+def attention_mask(inputs: torch.Tensor, window: torch.Tensor):
+    """inputs: (T,) tokens, documents start at BOS_ID. FlexAttention's BlockMask on CUDA, built inside the
+    compiled forward; on CPU, where flex has no backward, the dense (1, 1, T, T) mask of the same function."""
     T = inputs.numel()
-    docs = (inputs == BOS_ID).cumsum(0)
-    mask_mod = document_causal_window(docs, torch.tensor(window, device=inputs.device))
+    mask_mod = document_causal_window((inputs == BOS_ID).cumsum(0), window)
     if on_gpu(inputs):
-        return create_block_mask(mask_mod, None, None, T, T, device=inputs.device, _compile=True)
+        return create_block_mask(mask_mod, None, None, T, T, device=inputs.device)
     return create_mask(mask_mod, None, None, T, T, device=inputs.device)
 
 
@@ -694,8 +700,9 @@ class GPT(nn.Module):
         self.lm_head = nn.Parameter(self.embed.weight.data.T.contiguous())  # (D, V)
         self.tied = True
 
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, masks: dict) -> torch.Tensor:
-        """inputs: (T,) int32, targets: (T,) int64, masks: window kind ('S'/'L') -> mask. Returns the mean loss."""
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, windows: dict) -> torch.Tensor:
+        """inputs: (T,) int32, targets: (T,) int64, windows: kind ('S'/'L') -> window_tensor. Returns mean loss."""
+        masks = {kind: attention_mask(inputs, window) for kind, window in windows.items()}
         x = x0 = norm(self.embed(inputs).bfloat16())[None]  # (1, T, D)
         ves = [ve(inputs).bfloat16()[None] for ve in self.value_embeds]
         skips, half = [], len(self.blocks) // 2
@@ -1139,6 +1146,10 @@ def windows_at(step: int, hp: Hyperparameters) -> dict[str, int]:
     return {"L": long, "S": max(128, 128 * round(long / 256))}
 
 
+def window_tensors(step: int, hp: Hyperparameters, device) -> dict[str, torch.Tensor]:
+    return {kind: window_tensor(w, device) for kind, w in windows_at(step, hp).items()}
+
+
 def set_schedules(optimizers, step: int, hp: Hyperparameters) -> None:
     lr_mul, momentum = lr_multiplier(step, hp), muon_momentum(step, hp)
     for opt in optimizers:
@@ -1157,12 +1168,11 @@ def set_grad_sync(optimizers, enabled: bool) -> None:
 def train_step(model: GPT, forward, optimizers, batches, step: int, hp: Hyperparameters, world_size: int):
     """One optimizer step over this rank's slices (len(batches) = gradient-accumulation micro-steps).
     Returns the mean training loss over all slices of all ranks, as a tensor (no host sync)."""
-    windows = windows_at(step, hp)
+    windows = window_tensors(step, hp, batches[0][0].device)
     total = torch.zeros((), device=batches[0][0].device)
     for i, (inputs, targets) in enumerate(batches):
         set_grad_sync(optimizers, i == len(batches) - 1)
-        masks = {kind: attention_mask(inputs, w) for kind, w in windows.items()}
-        loss = forward(inputs, targets, masks)
+        loss = forward(inputs, targets, windows)
         (loss / len(batches)).backward()
         total += loss.detach() / len(batches)
     model.tie_gradients()
@@ -1178,11 +1188,10 @@ def train_step(model: GPT, forward, optimizers, batches, step: int, hp: Hyperpar
 
 @torch.no_grad()
 def evaluate(forward, step: int, hp: Hyperparameters, rank: int, world_size: int, device) -> float:
-    windows = windows_at(step, hp)
+    windows = window_tensors(step, hp, device)
     total = torch.zeros((), device=device)
     for inputs, targets in val_batches(hp.val_files, hp.val_tokens, hp.val_seq_len, rank, world_size, device):
-        masks = {kind: attention_mask(inputs, w) for kind, w in windows.items()}
-        total += forward(inputs, targets, masks).float()
+        total += forward(inputs, targets, windows).float()
     if world_size > 1:
         dist.all_reduce(total)
     return total.item() / (hp.val_tokens // hp.val_seq_len)
@@ -1197,20 +1206,23 @@ def dummy_batches(seq_len: int, count: int, hp: Hyperparameters, device, seed: i
     return [(t[:-1].to(device, torch.int32), t[1:].to(device, torch.int64)) for t in tokens]
 
 
-def warmup_kernels(model: GPT, forward, optimizers, hp: Hyperparameters, rank: int, world_size: int, device):
+def warmup_kernels(model: GPT, forward, optimizers, hp: Hyperparameters, rank: int, world_size: int, device,
+                   log: Logger):
     """Compile and autotune every batch shape on dummy data, then restore the initial model and optimizer state,
     so the timed run starts exactly where an un-warmed run would."""
     model_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     optimizer_states = [opt.state_dict() for opt in optimizers]
     accum = hp.slices_per_step // world_size
     for seq_len in hp.seq_len_stages:
+        t0 = time.perf_counter()
         for _ in range(hp.warmup_steps):
             train_step(model, forward, optimizers, dummy_batches(seq_len, accum, hp, device), 0, hp, world_size)
+        synchronize(device)
+        log(f"info:warmup seq_len:{seq_len} steps:{hp.warmup_steps} seconds:{time.perf_counter() - t0:.1f}")
     if hp.warmup_steps:
         with torch.no_grad():
             inputs, targets = dummy_batches(hp.val_seq_len, 1, hp, device)[0]
-            masks = {kind: attention_mask(inputs, w) for kind, w in windows_at(0, hp).items()}
-            forward(inputs, targets, masks)
+            forward(inputs, targets, window_tensors(0, hp, device))
     model.load_state_dict(model_state)
     for opt, state in zip(optimizers, optimizer_states):
         opt.load_state_dict(state)
@@ -1267,14 +1279,14 @@ def benchmark(model: GPT, forward, optimizers, hp: Hyperparameters, rank: int, w
                for b in batches]
     median, lo, hi = sorted(step_ms)[len(step_ms) // 2], min(step_ms), max(step_ms)
     phases = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
-    masks = [{k: attention_mask(x, w) for k, w in windows_at(step, hp).items()} for x, _ in batches[0]]
-    for (inputs, targets), mask in zip(batches[0], masks):
+    windows = window_tensors(step, hp, device)
+    for inputs, targets in batches[0]:
         set_grad_sync(optimizers, True)
         loss = None
 
         def run_forward():
             nonlocal loss
-            loss = forward(inputs, targets, mask)
+            loss = forward(inputs, targets, windows)
 
         phases["forward"] += timed(device, run_forward)
         phases["backward"] += timed(device, lambda: (loss / accum).backward())
@@ -1348,11 +1360,11 @@ def train(hp: Hyperparameters, rank: int, world_size: int, device: torch.device,
     forward = torch.compile(model, dynamic=False) if device.type == "cuda" and hp.compile else model
     optimizers = build_optimizers(model, hp, rank, world_size)
     if hp.bench_steps:
-        warmup_kernels(model, forward, optimizers, hp, rank, world_size, device)
+        warmup_kernels(model, forward, optimizers, hp, rank, world_size, device, log)
         benchmark(model, forward, optimizers, hp, rank, world_size, device, log)
         return float("nan")
     loader = TrainLoader(hp.train_files, rank, world_size, hp.slices_per_step, hp.align_to_bos, device)
-    warmup_kernels(model, forward, optimizers, hp, rank, world_size, device)
+    warmup_kernels(model, forward, optimizers, hp, rank, world_size, device, log)
     start_step = load_checkpoint(hp.resume, model, optimizers, loader) if hp.resume else 0
     untie_step = int(hp.untie_frac * hp.num_iterations)
     train_time_ms, tokens_seen, pending_loss = 0.0, 0, None

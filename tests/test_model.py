@@ -30,7 +30,7 @@ def random_documents(T: int, seed: int) -> torch.Tensor:
 def test_document_mask_matches_dense_reference():
     T, window = 300, 50
     tokens = random_documents(T, seed=1)
-    mask = tg.attention_mask(tokens, window)[0, 0]  # CPU: dense (T, T) bool
+    mask = tg.attention_mask(tokens, torch.tensor(window))[0, 0]  # CPU: dense (T, T) bool
     doc = (tokens == tg.BOS_ID).cumsum(0).tolist()
     expected = torch.tensor([[k <= q and q - k < window and doc[q] == doc[k] for k in range(T)] for q in range(T)])
     assert torch.equal(mask, expected)
@@ -49,7 +49,7 @@ def test_flex_attention_block_mask_matches_dense_mask_attention():
     q, k, v = torch.randn(3, 1, 2, T, 32).unbind(0)
     flex = flex_attention(q, k, v, block_mask=create_block_mask(mask_mod, None, None, T, T, device="cpu"),
                           scale=0.12)
-    dense = tg.attend(q, k, v, tg.attention_mask(tokens, window), scale=0.12)
+    dense = tg.attend(q, k, v, tg.attention_mask(tokens, torch.tensor(window)), scale=0.12)
     torch.testing.assert_close(flex, dense, atol=1e-5, rtol=1e-5)
 
 
@@ -64,7 +64,7 @@ def test_zero_initialized_output_projections_make_blocks_identity():
     for block in model.blocks:
         assert torch.count_nonzero(block.attn.qkvo[3]) == 0 and torch.count_nonzero(block.mlp.proj) == 0
         x = torch.randn(1, 16, hp.model_dim)
-        mask = tg.attention_mask(torch.arange(16), 128)
+        mask = tg.attention_mask(torch.arange(16), torch.tensor(128))
         assert torch.equal(block(x, x, None, mask), x)  # residual_mix starts at (1, 0)
 
 
@@ -73,7 +73,7 @@ def test_lm_head_is_the_transposed_embedding_while_tied():
     assert model.lm_head.shape == (hp.model_dim, hp.vocab_size)
     assert torch.equal(model.lm_head.T, model.embed.weight)
     tokens = random_documents(64, seed=4)
-    loss = model(tokens[:-1].int(), tokens[1:].long(), {k: tg.attention_mask(tokens[:-1], 128) for k in "SL"})
+    loss = model(tokens[:-1].int(), tokens[1:].long(), {k: torch.tensor(128) for k in "SL"})
     loss.backward()
     expected = model.lm_head.grad + model.embed.weight.grad.T
     model.tie_gradients()
