@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-from torch.nn.attention.flex_attention import BlockMask, create_block_mask, create_mask, flex_attention
+from torch.nn.attention.flex_attention import BlockMask, create_mask, flex_attention
 
 # torch 2.13 renames reduce_scatter_tensor / all_gather_into_tensor; the old names are the ones torch 2.11 has.
 warnings.filterwarnings("ignore", message=r".*is deprecated. Please use `torch.distributed")
@@ -609,13 +609,33 @@ def window_tensor(tokens: int, device: torch.device) -> torch.Tensor:
     return torch.tensor(tokens, dtype=torch.int32, device=device)
 
 
+def block_mask(docs: torch.Tensor, window: torch.Tensor, mask_mod, block: int = 128) -> BlockMask:
+    """FlexAttention's BlockMask for document_causal_window, decided per (query block, key block) from the
+    first and last document of each block, not by evaluating mask_mod on all T² pairs. T % block == 0."""
+    first, last = docs.view(-1, block)[:, 0], docs.view(-1, block)[:, -1]  # (n,) documents are nondecreasing
+    n = first.numel()
+    q, k = torch.arange(n, device=docs.device)[:, None], torch.arange(n, device=docs.device)[None, :]
+    reach = window // block  # window in blocks: a multiple of 128 tokens, so one partial block at its edge
+    any_visible = (k <= q) & (q - k <= reach) & (last[None, :] >= first[:, None])
+    all_visible = (k < q) & (q - k < reach) & (last[:, None] == first[None, :])  # one document covers both
+
+    def as_kv_blocks(blocks):  # (n, n) bool -> counts (1, 1, n) and indices (1, 1, n, n), selected first
+        counts = blocks.sum(-1, dtype=torch.int32)
+        order = torch.argsort(blocks.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
+        return counts[None, None], order[None, None]
+
+    return BlockMask.from_kv_blocks(*as_kv_blocks(any_visible & ~all_visible), *as_kv_blocks(all_visible),
+                                    BLOCK_SIZE=block, mask_mod=mask_mod)
+
+
 def attention_mask(inputs: torch.Tensor, window: torch.Tensor):
     """inputs: (T,) tokens, documents start at BOS_ID. FlexAttention's BlockMask on CUDA, built inside the
     compiled forward; on CPU, where flex has no backward, the dense (1, 1, T, T) mask of the same function."""
     T = inputs.numel()
-    mask_mod = document_causal_window((inputs == BOS_ID).cumsum(0), window)
+    docs = (inputs == BOS_ID).cumsum(0)
+    mask_mod = document_causal_window(docs, window)
     if on_gpu(inputs):
-        return create_block_mask(mask_mod, None, None, T, T, device=inputs.device)
+        return block_mask(docs, window, mask_mod)
     return create_mask(mask_mod, None, None, T, T, device=inputs.device)
 
 
@@ -971,8 +991,12 @@ class Hyperparameters:
         require(self.num_layers % 2 == 0, "num_layers", "must be even (U-net skips pair the halves)")
         require(len(self.window_pattern) == self.num_layers and set(self.window_pattern) <= {"S", "L"},
                 "window_pattern", "needs one letter S or L per layer")
-        require(all(n > 0 for n in self.seq_len_stages), "seq_lens", "must be positive integers")
+        require(all(n > 0 and n % 128 == 0 for n in self.seq_len_stages), "seq_lens",
+                "must be positive multiples of 128 (FlexAttention's block size)")
+        require(self.val_seq_len % 128 == 0, "val_seq_len", "must be a multiple of 128 (FlexAttention's block size)")
         require(128 <= self.window_min <= self.window_max, "window_min", "must be >= 128 and <= --window_max")
+        require(self.window_min % 128 == 0 and self.window_max % 128 == 0, "window_min",
+                "--window_min and --window_max must be multiples of 128 (FlexAttention's block size)")
         require(self.val_tokens % self.val_seq_len == 0, "val_tokens", "must be a multiple of --val_seq_len")
         require(self.num_iterations > 0, "num_iterations", "must be positive")
         require(0 < self.cooldown_frac <= 1, "cooldown_frac", "must be in (0, 1]")

@@ -115,3 +115,25 @@ def test_schedules():
     assert [tg.seq_len_at(s, hp) for s in (0, 49, 50, 99)] == [1024, 1024, 2048, 2048]
     assert tg.windows_at(0, hp) == {"L": 384, "S": 256} and tg.windows_at(100, hp) == {"L": 1792, "S": 896}
     assert tg.muon_momentum(0, hp) == hp.muon_momentum_start and tg.muon_momentum(10**6, hp) == hp.muon_momentum
+
+
+def test_block_mask_from_document_blocks_equals_create_block_mask():
+    """The per-block decision (partial vs full blocks) is exactly what evaluating the mask on every pair gives."""
+    T = 128 * 12
+    for seed, window in [(5, 384), (6, 128), (7, 1024)]:
+        tokens = random_documents(T, seed)
+        tokens[torch.arange(0, T, 300)] = tg.BOS_ID  # also long documents that span blocks
+        docs = (tokens == tg.BOS_ID).cumsum(0)
+        mask_mod = tg.document_causal_window(docs, torch.tensor(window))
+        ours = tg.block_mask(docs, torch.tensor(window), mask_mod)
+        reference = create_block_mask(mask_mod, None, None, T, T, device="cpu")
+        for counts, indices, ref_counts, ref_indices in [
+            (ours.kv_num_blocks, ours.kv_indices, reference.kv_num_blocks, reference.kv_indices),
+            (ours.full_kv_num_blocks, ours.full_kv_indices, reference.full_kv_num_blocks, reference.full_kv_indices)]:
+            assert torch.equal(counts, ref_counts)
+            for q, c in enumerate(counts[0, 0].tolist()):
+                assert set(indices[0, 0, q, :c].tolist()) == set(ref_indices[0, 0, q, :c].tolist())
+        q, k, v = torch.randn(3, 1, 2, T, 16).unbind(0)
+        torch.testing.assert_close(flex_attention(q, k, v, block_mask=ours, scale=0.12),
+                                   tg.attend(q, k, v, tg.create_mask(mask_mod, None, None, T, T), scale=0.12),
+                                   atol=1e-5, rtol=1e-5)
