@@ -1340,8 +1340,12 @@ def benchmark(model: GPT, forward, optimizers, hp: Hyperparameters, rank: int, w
             synchronize(device)
         prof.export_chrome_trace(hp.bench_trace)
         sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-        for line in prof.key_averages().table(sort_by=sort, row_limit=25).splitlines():
+        events = prof.key_averages()
+        for line in events.table(sort_by=sort, row_limit=25).splitlines():
             log(f"info:profile {line}")
+        device_ms = {e.key: e.self_device_time_total / 1000 for e in events} if device.type == "cuda" else {}
+        comm = sum(ms for key, ms in device_ms.items() if "nccl" in key.lower())
+        log(f"info:bench profiled_steps:3 device_ms:{sum(device_ms.values()):.1f} nccl_kernels_ms:{comm:.1f}")
 
 
 def save_checkpoint(path: Path, model: GPT, optimizers, loader, step: int, hp: Hyperparameters, rank: int):
