@@ -181,6 +181,81 @@ def transpose_add_torch(src: torch.Tensor, dst: torch.Tensor) -> None:
     dst.add_(src.T)
 
 
+def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
+    return cap * torch.tanh(logits / cap)
+
+
+def softcap_cross_entropy_torch(logits: torch.Tensor, targets: torch.Tensor, cap: float) -> torch.Tensor:
+    """logits: (T, V), targets: (T,) int64 -> mean cross-entropy of cap·tanh(logits / cap), fp32 scalar."""
+    return F.cross_entropy(softcap(logits.float(), cap), targets)
+
+
+@triton.jit
+def _softcap_ce_forward_kernel(L, targets, lse, losses, V, stride_l, cap, BLOCK_V: tl.constexpr):
+    """One row of L: (T, V) per program: lse[row] = log Σ exp(z), losses[row] = lse - z[target], z = softcap(L).
+    Softcapped logits lie in [-cap, cap], so exp cannot overflow and one pass with no running max suffices."""
+    row = tl.program_id(0).to(tl.int64)
+    total = tl.zeros((BLOCK_V,), dtype=tl.float32)
+    for start in range(0, V, BLOCK_V):
+        cols = start + tl.arange(0, BLOCK_V)
+        x = tl.load(L + row * stride_l + cols, mask=cols < V, other=0.0).to(tl.float32)
+        z = cap * (2 * tl.sigmoid(2 * x / cap) - 1)  # cap·tanh(x / cap)
+        total += tl.where(cols < V, tl.exp(z), 0.0)
+    row_lse = tl.log(tl.sum(total, axis=0))
+    x_target = tl.load(L + row * stride_l + tl.load(targets + row)).to(tl.float32)
+    tl.store(lse + row, row_lse)
+    tl.store(losses + row, row_lse - cap * (2 * tl.sigmoid(2 * x_target / cap) - 1))
+
+
+@triton.jit
+def _softcap_ce_backward_kernel(L, G, targets, lse, grad_loss, V, stride_l, stride_g, inv_T, cap,
+                                BLOCK_V: tl.constexpr):
+    """G[row] = grad_loss / T · (softmax(z) - onehot(target)) · (1 - tanh²), z = softcap(L), in G's dtype."""
+    row = tl.program_id(0).to(tl.int64)
+    row_lse, target = tl.load(lse + row), tl.load(targets + row)
+    scale = tl.load(grad_loss).to(tl.float32) * inv_T
+    for start in range(0, V, BLOCK_V):
+        cols = start + tl.arange(0, BLOCK_V)
+        x = tl.load(L + row * stride_l + cols, mask=cols < V, other=0.0).to(tl.float32)
+        t = 2 * tl.sigmoid(2 * x / cap) - 1
+        d = tl.exp(cap * t - row_lse) - tl.where(cols == target, 1.0, 0.0)
+        tl.store(G + row * stride_g + cols, (scale * d * (1 - t * t)).to(G.dtype.element_ty), mask=cols < V)
+
+
+class SoftcapCrossEntropy(torch.autograd.Function):
+    BLOCK_V = 2048
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, cap: float) -> torch.Tensor:
+        T, V = logits.shape
+        lse = torch.empty(T, dtype=torch.float32, device=logits.device)
+        losses = torch.empty_like(lse)
+        _softcap_ce_forward_kernel[(T,)](logits, targets, lse, losses, V, logits.stride(0), cap,
+                                         BLOCK_V=SoftcapCrossEntropy.BLOCK_V, num_warps=8)
+        ctx.save_for_backward(logits, targets, lse)
+        ctx.cap = cap
+        return losses.mean()
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        logits, targets, lse = ctx.saved_tensors
+        T, V = logits.shape
+        grad = torch.empty_like(logits)
+        _softcap_ce_backward_kernel[(T,)](logits, grad, targets, lse, grad_loss.contiguous(), V, logits.stride(0),
+                                          grad.stride(0), 1.0 / T, ctx.cap, BLOCK_V=SoftcapCrossEntropy.BLOCK_V,
+                                          num_warps=8)
+        return grad, None, None
+
+
+@torch.compiler.disable  # opaque to the compiler anyway; a graph break keeps tracing simple
+def softcap_cross_entropy_triton(logits: torch.Tensor, targets: torch.Tensor, cap: float) -> torch.Tensor:
+    """logits: (T, V) with unit stride along V, targets: (T,) int64 -> mean softcapped cross-entropy, with a
+    backward that reads the logits once and writes their gradient once (in the logits' dtype)."""
+    if cap > 60:
+        raise ValueError(f"logit cap {cap} > 60: exp(cap) would overflow the kernel's single fp32 pass")
+    return SoftcapCrossEntropy.apply(logits, targets.contiguous(), cap)
+
+
 @triton.jit
 def _transpose_kernel(S, D, m, n, stride_sr, stride_sc, stride_dr, stride_dc,
                       ACCUMULATE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -241,6 +316,11 @@ def transpose_copy(src: torch.Tensor, dst: torch.Tensor) -> None:
 
 def transpose_add(src: torch.Tensor, dst: torch.Tensor) -> None:
     (transpose_add_triton if on_gpu(src) else transpose_add_torch)(src, dst)
+
+
+def softcap_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, cap: float) -> torch.Tensor:
+    fn = softcap_cross_entropy_triton if on_gpu(logits) else softcap_cross_entropy_torch
+    return fn(logits, targets, cap)
 
 
 # ----- Optimizers -----
@@ -572,10 +652,6 @@ def relu_sq(x: torch.Tensor) -> torch.Tensor:
     return F.relu(x).square()
 
 
-def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
-    return cap * torch.tanh(logits / cap)
-
-
 class Rotary(nn.Module):
     """Rotary position embedding; the head dimension is split into two halves that rotate as (re, im) pairs."""
 
@@ -733,8 +809,8 @@ class GPT(nn.Module):
             x = block(x, x0, ves[j] if j is not None else None, masks[self.window_pattern[i]])
             if i < half:
                 skips.append(x)
-        logits = softcap(norm(x[0]) @ self.lm_head.bfloat16(), self.logit_cap).float()  # (T, V)
-        return F.cross_entropy(logits, targets)
+        logits = norm(x[0]) @ self.lm_head.bfloat16()  # (T, V)
+        return softcap_cross_entropy(logits, targets, self.logit_cap)
 
     def tie_gradients(self) -> None:
         """While tied, the embedding's gradient belongs to the LM head: add it, transposed, and drop it."""

@@ -150,3 +150,34 @@ def test_symmetric_products_match_torch_on_gpu(shape, dtype):
 @pytest.mark.parametrize("src_dtype,dst_dtype", TRANSPOSE_DTYPES)
 def test_transposes_match_torch_on_gpu(src_dtype, dst_dtype):
     check_transposes(torch.randn(50304, 768, dtype=src_dtype, device="cuda"), dst_dtype)
+
+
+def check_softcap_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, cap: float = 15.0):
+    """Loss and gradient of the Triton pair against autograd through the torch definition, in fp64."""
+    x = logits.clone().requires_grad_()
+    loss = T.softcap_cross_entropy_triton(x, targets, cap)
+    (3.0 * loss).backward()  # a non-unit upstream gradient
+    ref_x = logits.double().requires_grad_()
+    ref = T.softcap_cross_entropy_torch(ref_x, targets, cap)
+    (3.0 * ref).backward()
+    assert abs(loss.item() - ref.item()) < 1e-4 * abs(ref.item())
+    assert x.grad.dtype == logits.dtype and x.grad.shape == logits.shape
+    assert rel_err(x.grad, ref_x.grad) < TOL[logits.dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softcap_cross_entropy_matches_torch(dtype, monkeypatch):
+    monkeypatch.setattr(T.SoftcapCrossEntropy, "BLOCK_V", 64)  # 300 = 4 full blocks and a ragged one
+    logits = (torch.randn(37, 300) * 20).to(dtype)  # large logits: the cap matters
+    check_softcap_cross_entropy(logits, torch.randint(0, 300, (37,)))
+
+
+def test_softcap_cross_entropy_rejects_a_cap_that_could_overflow():
+    with pytest.raises(ValueError, match="logit cap 100"):
+        T.softcap_cross_entropy_triton(torch.randn(2, 8), torch.zeros(2, dtype=torch.long), 100.0)
+
+
+@pytest.mark.gpu
+def test_softcap_cross_entropy_matches_torch_on_gpu():
+    logits = (torch.randn(4096, 50304, device="cuda") * 10).bfloat16()
+    check_softcap_cross_entropy(logits, torch.randint(0, 50304, (4096,), device="cuda"))
