@@ -1170,8 +1170,8 @@ def launch_command(world_size: int) -> str:
     return shlex.join(["torchrun", *where, f"--nproc_per_node={os.environ['LOCAL_WORLD_SIZE']}", *script])
 
 
-def log_environment(log: Logger, hp: Hyperparameters, run_id: str, world_size: int, device: torch.device) -> None:
-    log(f"run_id:{run_id}")
+def log_environment(log: Logger, hp: Hyperparameters, world_size: int, device: torch.device) -> None:
+    log(f"run_id:{hp.run_id}")
     log(f"date:{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}")
     log(f"command:{launch_command(world_size)}")
     log(f"python:{platform.python_version()}")
@@ -1297,7 +1297,7 @@ def evaluate(forward, step: int, hp: Hyperparameters, rank: int, world_size: int
     return total.item() / (hp.val_tokens // hp.val_seq_len)
 
 
-def dummy_batches(seq_len: int, count: int, hp: Hyperparameters, device, seed: int = 0) -> list:
+def dummy_batches(seq_len: int, count: int, device, seed: int = 0) -> list:
     """Random tokens in documents of random length (mean ~1000 tokens, like FineWeb's), each starting with BOS."""
     g = torch.Generator().manual_seed(seed)
     tokens = torch.randint(0, BOS_ID, (count, seq_len + 1), generator=g)
@@ -1316,12 +1316,12 @@ def warmup_kernels(model: GPT, forward, optimizers, hp: Hyperparameters, rank: i
     for seq_len in hp.seq_len_stages:
         t0 = time.perf_counter()
         for _ in range(hp.warmup_steps):
-            train_step(model, forward, optimizers, dummy_batches(seq_len, accum, hp, device), 0, hp, world_size)
+            train_step(model, forward, optimizers, dummy_batches(seq_len, accum, device), 0, hp, world_size)
         synchronize(device)
         log(f"info:warmup seq_len:{seq_len} steps:{hp.warmup_steps} seconds:{time.perf_counter() - t0:.1f}")
     if hp.warmup_steps:
         with torch.no_grad():
-            inputs, targets = dummy_batches(hp.val_seq_len, 1, hp, device)[0]
+            inputs, targets = dummy_batches(hp.val_seq_len, 1, device)[0]
             forward(inputs, targets, window_tensors(0, hp, device))
     model.load_state_dict(model_state)
     for opt, state in zip(optimizers, optimizer_states):
@@ -1372,7 +1372,7 @@ def benchmark(model: GPT, forward, optimizers, hp: Hyperparameters, rank: int, w
     the measured matmul rate, peak memory, and where the time goes."""
     step = hp.num_iterations - 1  # the final stage: largest batch and windows
     seq_len, accum = seq_len_at(step, hp), hp.slices_per_step // world_size
-    batches = [dummy_batches(seq_len, accum, hp, device, seed=i) for i in range(hp.bench_steps)]
+    batches = [dummy_batches(seq_len, accum, device, seed=i) for i in range(hp.bench_steps)]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     step_ms = [timed(device, lambda b=b: train_step(model, forward, optimizers, b, step, hp, world_size))
@@ -1529,7 +1529,7 @@ def main(argv: list[str]) -> int:
         hp.run_id = uuid.uuid4().hex[:12]  # only rank 0 writes, so only rank 0's id matters
     log = Logger(Path(hp.log_dir) / f"{hp.run_id}.txt" if rank == 0 else None)
     log_source(log)
-    log_environment(log, hp, hp.run_id, world_size, device)
+    log_environment(log, hp, world_size, device)
     try:
         train(hp, rank, world_size, device, log)
         return 0
