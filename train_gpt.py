@@ -1055,7 +1055,7 @@ class Hyperparameters:
     checkpoint_dir: str = "checkpoints"
     resume: str = ""
     bench_steps: int = 0  # > 0: time this many steps at the final batch size on synthetic data, print a table, exit
-    bench_trace: str = ""  # with --bench_steps: write a torch.profiler trace of 3 steps to this path
+    bench_trace: str = ""  # with --bench_steps: profile 3 steps, print their kernels, write the trace here
     preset: str = "record"
 
     def __post_init__(self):
@@ -1409,19 +1409,22 @@ def benchmark(model: GPT, forward, optimizers, hp: Hyperparameters, rank: int, w
         f"mfu:{100 * achieved / world_size / peak:.1f}% peak_memory:{peak_memory_mib(device)}MiB")
     log("info:bench share " + " ".join(f"{k}:{100 * v / total:.1f}%({v:.1f}ms)" for k, v in phases.items()))
     if hp.bench_trace:
+        profiled = min(3, len(batches))
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
                                                 torch.profiler.ProfilerActivity.CUDA]) as prof:
-            for b in batches[:3]:
-                train_step(model, forward, optimizers, b, step, hp, world_size)
-            synchronize(device)
+            wall_ms = timed(device, lambda: [train_step(model, forward, optimizers, b, step, hp, world_size)
+                                             for b in batches[:profiled]])
         prof.export_chrome_trace(hp.bench_trace)
-        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-        events = prof.key_averages()
-        for line in events.table(sort_by=sort, row_limit=25).splitlines():
-            log(f"info:profile {line}")
-        device_ms = {e.key: e.self_device_time_total / 1000 for e in events} if device.type == "cuda" else {}
-        comm = sum(ms for key, ms in device_ms.items() if "nccl" in key.lower())
-        log(f"info:bench profiled_steps:3 device_ms:{sum(device_ms.values()):.1f} nccl_kernels_ms:{comm:.1f}")
+        # Device kernels only: an operator's row repeats the time of the kernels it launched.
+        kernels = sorted((e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA),
+                         key=lambda e: -e.self_device_time_total)
+        busy = sum(e.self_device_time_total for e in kernels) / 1000 / profiled
+        comm = sum(e.self_device_time_total for e in kernels if "nccl" in e.key.lower()) / 1000 / profiled
+        log(f"info:bench profiled_steps:{profiled} step_ms:{wall_ms / profiled:.1f} kernel_ms_per_step:{busy:.1f} "
+            f"nccl_kernel_ms_per_step:{comm:.1f}")
+        for e in kernels[:40]:
+            ms = e.self_device_time_total / 1000 / profiled
+            log(f"info:profile {ms:8.2f}ms {100 * ms / busy:5.1f}% calls:{e.count // profiled:<5} {e.key[:100]}")
 
 
 def save_checkpoint(path: Path, model: GPT, optimizers, loader, step: int, hp: Hyperparameters, rank: int):

@@ -1,4 +1,6 @@
+import gzip
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -91,3 +93,25 @@ def test_two_gloo_ranks_match_one_rank_with_accumulation(shards, tmp_path):
     assert "world_size:2" in (tmp_path / "two.txt").read_text()
     assert one[0] == pytest.approx(two[0], abs=1e-6)
     assert one[5] == pytest.approx(two[5], abs=2e-3) and one[5] < one[0] - 1.0
+
+
+def test_benchmark_prints_its_table_and_writes_a_trace(shards, tmp_path):
+    """--bench_steps: the table's lines, the FLOPs formula with the tiny model's own matmul parameters, phase
+    shares summing to 100%, and a readable profiler trace; no training run, so no final line."""
+    trace = tmp_path / "trace.json.gz"
+    assert tg.main(tiny_args(shards, tmp_path, "bench", "--bench_steps=2", f"--bench_trace={trace}")) == 0
+    text = (tmp_path / "bench.txt").read_text()
+    bench = dict(kv.split(":", 1) for line in re.findall(r"^info:bench (.*)$", text, re.M) for kv in line.split()
+                 if ":" in kv and not kv.startswith(("forward", "backward", "optimizer")))
+    assert bench["steps"] == "2" and bench["tokens_per_step"] == str(8 * 128) and bench["accumulation"] == "8"
+    assert float(bench["step_ms_min"]) <= float(bench["step_ms_median"]) <= float(bench["step_ms_max"])
+    matmul_params = 50304 * 64 + 2 * (4 * 64 * 64 + 2 * 256 * 64)  # LM head + qkvo, fc, proj per block
+    formula = re.search(r"flops_per_token:([\d.]+)M = 6\*matmul_params ([\d.]+)M \+ attention ([\d.]+)M", text)
+    assert formula and float(formula[2]) == pytest.approx(6 * matmul_params / 1e6, abs=0.05)
+    assert float(formula[1]) == pytest.approx(float(formula[2]) + float(formula[3]), abs=0.15)
+    shares = [float(x) for x in re.findall(r"(?:forward|backward|optimizer):([\d.]+)%", text)]
+    assert len(shares) == 3 and sum(shares) == pytest.approx(100, abs=0.2)
+    assert re.search(r"^info:bench profiled_steps:2 step_ms:[\d.]+ kernel_ms_per_step:[\d.]+", text, re.M)
+    events = json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"]
+    assert any(e.get("name") == "Optimizer.step#NorMuon.step" for e in events)
+    assert not re.search(r"^final_val_loss:", text, re.M)
