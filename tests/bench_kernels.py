@@ -76,6 +76,31 @@ def bench_transposes() -> None:
             row(f"{name} {dtypes}", tuple(src.shape), t_tri, t_ref, f"{mb / t_tri:.0f} vs {mb / t_ref:.0f} GB/s")
 
 
+def bench_cross_entropy() -> None:
+    """The softcapped cross-entropy of one micro-batch's logits, fast tanh (training) vs exact (evaluation)."""
+    tokens = 49152
+    logits = (torch.randn(tokens, VOCAB, device="cuda") * 10).bfloat16()
+    targets = torch.randint(0, VOCAB, (tokens,), device="cuda")
+    gb = logits.numel() * logits.element_size() / 1e6  # MB read by the forward; the backward also writes as much
+
+    def forward(fast):
+        return T.softcap_cross_entropy_triton(logits, targets, 15.0, fast_tanh=fast)
+
+    t_fast, t_exact = ms(lambda: forward(True)), ms(lambda: forward(False))
+    row("softcap CE forward, fast vs exact", (tokens, VOCAB), t_fast, t_exact,
+        f"{gb / t_fast:.0f} vs {gb / t_exact:.0f} GB/s")
+    x = logits.clone().requires_grad_()
+
+    def both(fast):
+        torch.autograd.grad(T.softcap_cross_entropy_triton(x, targets, 15.0, fast_tanh=fast), x)
+
+    t_fast, t_exact = ms(lambda: both(True)), ms(lambda: both(False))
+    row("softcap CE fwd+bwd, fast vs exact", (tokens, VOCAB), t_fast, t_exact,
+        f"{3 * gb / t_fast:.0f} vs {3 * gb / t_exact:.0f} GB/s")
+    fast, exact = forward(True).item(), forward(False).item()
+    print(f"softcap CE loss fast {fast:.6f} exact {exact:.6f} difference {fast - exact:.2e}")
+
+
 def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("bench_kernels.py times CUDA kernels; run it on a GPU machine")
@@ -84,6 +109,7 @@ def main() -> None:
     bench_products()
     bench_polar_express()
     bench_transposes()
+    bench_cross_entropy()
 
 
 if __name__ == "__main__":
