@@ -315,6 +315,109 @@ def transpose_add_triton(src: torch.Tensor, dst: torch.Tensor) -> None:
     _transpose(src, dst, accumulate=True)
 
 
+def relu_sq_mlp_torch(x: torch.Tensor, fc: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
+    """x: (T, D), fc: (H, D), proj: (D, H) -> relu(x·fcᵀ)²·projᵀ: (T, D)."""
+    return F.linear(F.relu(F.linear(x, fc)).square(), proj)
+
+
+@triton.jit
+def _relu_sq_matmul_kernel(A, B, H, C, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, stride_hm, stride_hn,
+                           stride_cm, stride_cn, BACKWARD: tl.constexpr, BLOCK_M: tl.constexpr,
+                           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """A: (M, K), B: (K, N) -> C: (M, N) = relu(A·B)², or if BACKWARD, C = (A·B)·2·sqrt(H), the gradient of the
+    pre-activation when A·B is the gradient of H = relu(pre)²; fp32 accumulation, C rounded to its dtype. The
+    activation function rides on the matmul's output tile instead of a second pass over the (M, N) tensor."""
+    pid = tl.program_id(0)
+    grid_m, grid_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
+    # GROUP_M row blocks sweep the columns together, so the A rows they share stay in L2
+    group_width = GROUP_M * grid_n
+    first_m = (pid // group_width) * GROUP_M
+    group_m = min(grid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % group_width) % group_m
+    pid_n = (pid % group_width) // group_m
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    ks = tl.arange(0, BLOCK_K)
+    a_ptrs = A + rows[:, None].to(tl.int64) * stride_am + ks[None, :] * stride_ak
+    b_ptrs = B + ks[:, None] * stride_bk + cols[None, :].to(tl.int64) * stride_bn
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        a = tl.load(a_ptrs, mask=(rows[:, None] < M) & (ks[None, :] < K - k0), other=0.0)
+        b = tl.load(b_ptrs, mask=(ks[:, None] < K - k0) & (cols[None, :] < N), other=0.0)
+        acc = tl.dot(a, b, acc)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+    mask = (rows[:, None] < M) & (cols[None, :] < N)
+    if BACKWARD:
+        h = tl.load(H + rows[:, None].to(tl.int64) * stride_hm + cols[None, :] * stride_hn, mask=mask, other=0.0)
+        out = 2 * acc * tl.sqrt(h.to(tl.float32))
+    else:
+        out = tl.maximum(acc, 0.0)
+        out = out * out
+    tl.store(C + rows[:, None].to(tl.int64) * stride_cm + cols[None, :] * stride_cn, out.to(C.dtype.element_ty),
+             mask=mask)
+
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for the forward and the backward epilogue
+RELU_SQ_MATMUL_CONFIGS = {False: (128, 256, 64, 8, 3), True: (128, 256, 64, 8, 3)}
+
+
+def relu_sq_matmul_triton(a: torch.Tensor, b: torch.Tensor, h: torch.Tensor | None = None,
+                          config: tuple | None = None) -> torch.Tensor:
+    """a: (M, K), b: (K, N), same dtype -> relu(a·b)² (h None), or (a·b)·2·sqrt(h) with h: (M, N); (M, N)."""
+    (M, K), N = a.shape, b.shape[1]
+    if b.shape[0] != K or (h is not None and h.shape != (M, N)):
+        raise ValueError(f"relu_sq_matmul: shapes {tuple(a.shape)} x {tuple(b.shape)}"
+                         f"{'' if h is None else f' with h {tuple(h.shape)}'} do not fit")
+    c = a.new_empty(M, N)
+    block_m, block_n, block_k, warps, stages = config or RELU_SQ_MATMUL_CONFIGS[h is not None]
+    grid = (triton.cdiv(M, block_m) * triton.cdiv(N, block_n),)
+    hh = c if h is None else h  # unused by the forward
+    _relu_sq_matmul_kernel[grid](a, b, hh, c, M, N, K, *a.stride(), *b.stride(), *hh.stride(), *c.stride(),
+                                 BACKWARD=h is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+                                 GROUP_M=8, num_warps=warps, num_stages=stages)
+    return c
+
+
+@torch.library.custom_op("train_gpt::relu_sq_mlp", mutates_args=())
+def relu_sq_mlp_triton(x: torch.Tensor, fc: torch.Tensor, proj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """relu_sq_mlp_torch with the activation fused into the first matmul -> (output (T, D), h = relu(x·fcᵀ)² (T, H),
+    kept for the backward). An op opaque to torch.compile, so the Triton kernel is called as written."""
+    h = relu_sq_matmul_triton(x, fc.T)
+    return h @ proj.T, h
+
+
+@relu_sq_mlp_triton.register_fake
+def _(x, fc, proj):
+    return x.new_empty(x.shape[0], proj.shape[0]), x.new_empty(x.shape[0], fc.shape[0])
+
+
+@torch.library.custom_op("train_gpt::relu_sq_mlp_backward", mutates_args=())
+def relu_sq_mlp_backward(dy: torch.Tensor, x: torch.Tensor, fc: torch.Tensor, proj: torch.Tensor,
+                         h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> (dx, dfc, dproj). The pre-activation's gradient comes out of the dy·proj matmul already multiplied by
+    relu²'s derivative 2·relu(pre) = 2·sqrt(h), so neither dh nor the pre-activation is ever stored."""
+    dpre = relu_sq_matmul_triton(dy, proj, h)
+    return dpre @ fc, dpre.T @ x, dy.T @ h
+
+
+@relu_sq_mlp_backward.register_fake
+def _(dy, x, fc, proj, h):
+    return torch.empty_like(x), torch.empty_like(fc), torch.empty_like(proj)
+
+
+def _relu_sq_mlp_save(ctx, inputs, output):
+    x, fc, proj = inputs
+    ctx.save_for_backward(x, fc, proj, output[1])
+
+
+def _relu_sq_mlp_grads(ctx, dy, _dh):  # h is returned only to be saved; nothing downstream uses it
+    return relu_sq_mlp_backward(dy, *ctx.saved_tensors)
+
+
+relu_sq_mlp_triton.register_autograd(_relu_sq_mlp_grads, setup_context=_relu_sq_mlp_save)
+
+
 def xxt(A: torch.Tensor) -> torch.Tensor:
     return xxt_triton(A) if on_gpu(A) else xxt_torch(A)
 
@@ -333,6 +436,10 @@ def transpose_copy(src: torch.Tensor, dst: torch.Tensor) -> None:
 
 def transpose_add(src: torch.Tensor, dst: torch.Tensor) -> None:
     (transpose_add_triton if on_gpu(src) else transpose_add_torch)(src, dst)
+
+
+def relu_sq_mlp(x: torch.Tensor, fc: torch.Tensor, proj: torch.Tensor, fused: bool) -> torch.Tensor:
+    return relu_sq_mlp_triton(x, fc, proj)[0] if fused and on_gpu(x) else relu_sq_mlp_torch(x, fc, proj)
 
 
 def softcap_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, cap: float) -> torch.Tensor:
@@ -665,10 +772,6 @@ def norm(x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
 
-def relu_sq(x: torch.Tensor) -> torch.Tensor:
-    return F.relu(x).square()
-
-
 class Rotary(nn.Module):
     """Rotary position embedding; the head dimension is split into two halves that rotate as (re, im) pairs."""
 
@@ -766,21 +869,23 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, fused: bool):
         super().__init__()
         bound = 3**0.5 * 0.5 * dim**-0.5
         self.fc = nn.Parameter(torch.empty(hidden, dim).uniform_(-bound, bound))  # (out, in)
         self.proj = nn.Parameter(torch.zeros(dim, hidden))  # (out, in), zero: the block starts as the identity
+        self.fused = fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(relu_sq(F.linear(x, self.fc.type_as(x))), self.proj.type_as(x))
+        return relu_sq_mlp(x.flatten(0, -2), self.fc.type_as(x), self.proj.type_as(x), self.fused).view_as(x)
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, num_heads: int, head_dim: int, mlp_hidden: int, gate_dim: int, rotary, scale):
+    def __init__(self, dim: int, num_heads: int, head_dim: int, mlp_hidden: int, gate_dim: int, rotary, scale,
+                 fused_mlp: bool):
         super().__init__()
         self.attn = CausalSelfAttention(dim, num_heads, head_dim, gate_dim, rotary, scale)
-        self.mlp = MLP(dim, mlp_hidden)
+        self.mlp = MLP(dim, mlp_hidden, fused_mlp)
         self.residual_mix = nn.Parameter(torch.tensor([1.0, 0.0]))  # x = a·x + b·x0 (x0: the token embedding)
 
     def forward(self, x, x0, value_embed, mask):
@@ -807,7 +912,8 @@ class GPT(nn.Module):
                                      for i in range(L)]
         rotary = Rotary(hp.head_dim, hp.max_seq_len, hp.rope_base)
         self.blocks = nn.ModuleList(
-            Block(D, hp.num_heads, hp.head_dim, hp.mlp_mult * D, hp.attn_gate_dim, rotary, hp.attn_scale)
+            Block(D, hp.num_heads, hp.head_dim, hp.mlp_mult * D, hp.attn_gate_dim, rotary, hp.attn_scale,
+                  hp.fused_mlp)
             for _ in range(L))
         self.skip_gates = nn.Parameter(torch.zeros(L // 2))  # sigmoid(0) = 0.5
         self.lm_head = nn.Parameter(self.embed.weight.data.T.contiguous())  # (D, V)
@@ -1044,6 +1150,7 @@ class Hyperparameters:
     window_pattern: str = "SSSLSSSLSSSL"  # per block: S short or L long sliding window
     window_min: int = 384  # long window at the start, in tokens; short windows are half the long one
     window_max: int = 1792  # long window at the end; windows move in FlexAttention blocks of 128 tokens
+    fused_mlp: bool = False  # relu² fused into the MLP's matmuls (Triton, CUDA only); off until timed on a GPU
     # optimization
     muon_lr: float = 0.05
     muon_momentum_start: float = 0.85

@@ -199,3 +199,65 @@ def test_softcap_cross_entropy_is_exact_when_evaluating(monkeypatch):
             T.softcap_cross_entropy_triton(logits, targets, 15.0)
     assert seen == [True, False, False, False]
 
+
+RELU_SQ_SMALL_TILES = {False: (16, 32, 16, 4, 2), True: (32, 16, 16, 4, 2)}  # several blocks, ragged edges
+
+
+def check_relu_sq_mlp(x: torch.Tensor, fc: torch.Tensor, proj: torch.Tensor, mlp=None):
+    """Output and the three gradients of the fused op against autograd through the torch definition, in fp64."""
+    inputs = [t.clone().requires_grad_() for t in (x, fc, proj)]
+    y = (mlp or (lambda *a: T.relu_sq_mlp_triton(*a)[0]))(*inputs)
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    ref = [t.double().requires_grad_() for t in (x, fc, proj)]
+    y_ref = T.relu_sq_mlp_torch(*ref)
+    y_ref.backward(dy.double())
+    assert y.dtype == x.dtype and rel_err(y, y_ref) < TOL[x.dtype]
+    for got, want in zip(inputs, ref):
+        assert got.grad.dtype == got.dtype and rel_err(got.grad, want.grad) < TOL[x.dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relu_sq_mlp_matches_torch(dtype, monkeypatch):
+    monkeypatch.setattr(T, "RELU_SQ_MATMUL_CONFIGS", RELU_SQ_SMALL_TILES)
+    check_relu_sq_mlp(*(torch.randn(shape).to(dtype) for shape in [(50, 40), (72, 40), (40, 72)]))
+
+
+def test_relu_sq_mlp_traces_under_torch_compile(monkeypatch):
+    """The op's fake and autograd registrations: the compiled graph calls it and its backward, same numbers."""
+    monkeypatch.setattr(T, "RELU_SQ_MATMUL_CONFIGS", RELU_SQ_SMALL_TILES)
+    compiled = torch.compile(lambda *a: T.relu_sq_mlp_triton(*a)[0] * 1.0, backend="aot_eager", fullgraph=True)
+    check_relu_sq_mlp(*(torch.randn(shape) for shape in [(33, 16), (48, 16), (16, 48)]), mlp=compiled)
+
+
+def test_relu_sq_matmul_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match=r"relu_sq_matmul: shapes \(4, 8\) x \(6, 3\)"):
+        T.relu_sq_matmul_triton(torch.randn(4, 8), torch.randn(6, 3))
+
+
+@pytest.mark.gpu
+def test_relu_sq_mlp_matches_torch_on_gpu():
+    x, fc, proj = (torch.randn(shape, device="cuda").bfloat16() for shape in [(4096, 768), (3072, 768), (768, 3072)])
+    check_relu_sq_mlp(x, fc * 0.05, proj * 0.05)
+
+
+def test_mlp_module_takes_the_fused_op_when_asked(monkeypatch):
+    """MLP(fused=True) on a GPU tensor (stood in for by on_gpu -> True) runs the fused op on its (B·T, D) view and
+    gives the unfused module's output and weight gradients."""
+    monkeypatch.setattr(T, "RELU_SQ_MATMUL_CONFIGS", RELU_SQ_SMALL_TILES)
+    calls = []
+    fused_op = T.relu_sq_mlp_triton
+    monkeypatch.setattr(T, "relu_sq_mlp_triton", lambda *a: calls.append(a[0].shape) or fused_op(*a))
+    monkeypatch.setattr(T, "on_gpu", lambda t: True)
+    torch.manual_seed(0)
+    plain, fused = T.MLP(16, 64, fused=False), T.MLP(16, 64, fused=True)
+    plain.proj.data.normal_()  # zero at init, which would hide the fc gradient
+    fused.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 9, 16)
+    out = [m(x) for m in (plain, fused)]
+    for o in out:
+        o.square().sum().backward()
+    assert calls == [(18, 16)]
+    assert rel_err(out[1], out[0]) < 1e-5
+    for name in ("fc", "proj"):
+        assert rel_err(getattr(fused, name).grad, getattr(plain, name).grad) < 1e-5
