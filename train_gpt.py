@@ -1151,7 +1151,7 @@ class Hyperparameters:
     window_pattern: str = "SSSLSSSLSSSL"  # per block: S short or L long sliding window
     window_min: int = 384  # long window at the start, in tokens; short windows are half the long one
     window_max: int = 1792  # long window at the end; windows move in FlexAttention blocks of 128 tokens
-    fused_mlp: bool = False  # relu² fused into the MLP's matmuls (Triton, CUDA only); off until timed on a GPU
+    fused_mlp: bool = True  # relu² fused into the MLP's matmuls (Triton, CUDA only): -10 ms a step, -3.4 GiB on H100
     # optimization
     muon_lr: float = 0.05
     muon_momentum_start: float = 0.85
