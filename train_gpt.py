@@ -1470,15 +1470,20 @@ def matmul_tflops(device) -> float:
     return 20 * 2 * 8192**3 / (start.elapsed_time(end) / 1000) / 1e12
 
 
+def attended_keys(inputs: torch.Tensor, window: int) -> torch.Tensor:
+    """inputs: (T,) tokens -> (T,) the number of keys each query's document-causal window lets it see."""
+    pos = torch.arange(inputs.numel(), device=inputs.device)
+    doc_start = torch.cummax(torch.where(inputs == BOS_ID, pos, 0), 0).values
+    return torch.clamp(pos - doc_start + 1, max=window)
+
+
 def flops_per_token(model: GPT, inputs: torch.Tensor, windows: dict[str, int]) -> tuple[float, float]:
     """Training FLOPs per token: 6 · (matmul parameters, LM head included; embeddings are lookups, no FLOPs)
     plus attention 12 · attended keys · model_dim per layer (q·k and p·v, 2 FLOPs a multiply-add, forward +
     2x backward), counting for each query the keys its document-causal window really lets it see."""
     matmul_params = model.lm_head.numel() + sum(b.attn.qkvo.numel() + b.mlp.fc.numel() + b.mlp.proj.numel()
                                                 for b in model.blocks)
-    pos = torch.arange(inputs.numel(), device=inputs.device)
-    doc_start = torch.cummax(torch.where(inputs == BOS_ID, pos, 0), 0).values
-    attended = {kind: torch.clamp(pos - doc_start + 1, max=w).float().mean().item() for kind, w in windows.items()}
+    attended = {kind: attended_keys(inputs, w).float().mean().item() for kind, w in windows.items()}
     dim = model.embed.weight.size(1)
     attention = sum(12 * attended[kind] * dim for kind in model.window_pattern)
     return 6 * matmul_params, attention

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import train_gpt as tg
 from records.logfile import extract_source, parse_log
@@ -93,6 +94,12 @@ def test_two_gloo_ranks_match_one_rank_with_accumulation(shards, tmp_path):
     assert "world_size:2" in (tmp_path / "two.txt").read_text()
     assert one[0] == pytest.approx(two[0], abs=1e-6)
     assert one[5] == pytest.approx(two[5], abs=2e-3) and one[5] < one[0] - 1.0
+
+
+def test_attended_keys_count_own_document_and_window():
+    bos = tg.BOS_ID
+    inputs = torch.tensor([bos, 5, 6, 7, bos, 8, bos])
+    assert tg.attended_keys(inputs, window=3).tolist() == [1, 2, 3, 3, 1, 2, 1]
 
 
 def test_benchmark_prints_its_table_and_writes_a_trace(shards, tmp_path):
