@@ -360,7 +360,7 @@ def _relu_sq_matmul_kernel(A, B, H, C, M, N, K, stride_am, stride_ak, stride_bk,
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for the forward and the backward epilogue: the fastest of
 # tests/bench_kernels.py's candidates on H100 at (49152, 768) x (768, 3072)
-RELU_SQ_MATMUL_CONFIGS = {False: (256, 128, 64, 8, 3), True: (128, 256, 64, 8, 4)}
+RELU_SQ_MATMUL_CONFIGS = {"forward": (256, 128, 64, 8, 3), "backward": (128, 256, 64, 8, 4)}
 
 
 def relu_sq_matmul_triton(a: torch.Tensor, b: torch.Tensor, h: torch.Tensor | None = None,
@@ -371,7 +371,7 @@ def relu_sq_matmul_triton(a: torch.Tensor, b: torch.Tensor, h: torch.Tensor | No
         raise ValueError(f"relu_sq_matmul: shapes {tuple(a.shape)} x {tuple(b.shape)}"
                          f"{'' if h is None else f' with h {tuple(h.shape)}'} do not fit")
     c = a.new_empty(M, N)
-    block_m, block_n, block_k, warps, stages = config or RELU_SQ_MATMUL_CONFIGS[h is not None]
+    block_m, block_n, block_k, warps, stages = config or RELU_SQ_MATMUL_CONFIGS["forward" if h is None else "backward"]
     grid = (triton.cdiv(M, block_m) * triton.cdiv(N, block_n),)
     hh = c if h is None else h  # unused by the forward
     _relu_sq_matmul_kernel[grid](a, b, hh, c, M, N, K, *a.stride(), *b.stride(), *hh.stride(), *c.stride(),

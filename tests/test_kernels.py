@@ -200,7 +200,7 @@ def test_softcap_cross_entropy_is_exact_when_evaluating(monkeypatch):
     assert seen == [True, False, False, False]
 
 
-RELU_SQ_SMALL_TILES = {False: (16, 32, 16, 4, 2), True: (32, 16, 16, 4, 2)}  # several blocks, ragged edges
+RELU_SQ_SMALL_TILES = {"forward": (16, 32, 16, 4, 2), "backward": (32, 16, 16, 4, 2)}  # several blocks, ragged edges
 
 
 def check_relu_sq_mlp(x: torch.Tensor, fc: torch.Tensor, proj: torch.Tensor, mlp=None):
