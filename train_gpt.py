@@ -269,7 +269,7 @@ def softcap_cross_entropy_triton(logits: torch.Tensor, targets: torch.Tensor, ca
     if cap > 60:
         raise ValueError(f"logit cap {cap} > 60: exp(cap) would overflow the kernel's single fp32 pass")
     if fast_tanh is None:
-        fast_tanh = logits.is_cuda and torch.is_grad_enabled()
+        fast_tanh = on_gpu(logits) and torch.is_grad_enabled()
     return SoftcapCrossEntropy.apply(logits, targets.contiguous(), cap, fast_tanh)
 
 
