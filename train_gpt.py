@@ -28,6 +28,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch.nn.attention.flex_attention import BlockMask, create_mask, flex_attention
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 # torch 2.13 renames reduce_scatter_tensor / all_gather_into_tensor; the old names are the ones torch 2.11 has.
 warnings.filterwarnings("ignore", message=r".*is deprecated. Please use `torch.distributed")
@@ -321,46 +322,59 @@ def relu_sq_mlp_torch(x: torch.Tensor, fc: torch.Tensor, proj: torch.Tensor) -> 
 
 
 @triton.jit
-def _relu_sq_matmul_kernel(A, B, H, C, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, stride_hm, stride_hn,
-                           stride_cm, stride_cn, BACKWARD: tl.constexpr, BLOCK_M: tl.constexpr,
-                           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    """A: (M, K), B: (K, N) -> C: (M, N) = relu(A·B)², or if BACKWARD, C = (A·B)·2·sqrt(H), the gradient of the
-    pre-activation when A·B is the gradient of H = relu(pre)²; fp32 accumulation, C rounded to its dtype. The
-    activation function rides on the matmul's output tile instead of a second pass over the (M, N) tensor."""
-    pid = tl.program_id(0)
-    grid_m, grid_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
-    # GROUP_M row blocks sweep the columns together, so the A rows they share stay in L2
-    group_width = GROUP_M * grid_n
-    first_m = (pid // group_width) * GROUP_M
-    group_m = min(grid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % group_width) % group_m
-    pid_n = (pid % group_width) // group_m
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    ks = tl.arange(0, BLOCK_K)
-    a_ptrs = A + rows[:, None].to(tl.int64) * stride_am + ks[None, :] * stride_ak
-    b_ptrs = B + ks[:, None] * stride_bk + cols[None, :].to(tl.int64) * stride_bn
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        a = tl.load(a_ptrs, mask=(rows[:, None] < M) & (ks[None, :] < K - k0), other=0.0)
-        b = tl.load(b_ptrs, mask=(ks[:, None] < K - k0) & (cols[None, :] < N), other=0.0)
-        acc = tl.dot(a, b, acc)
-        a_ptrs += BLOCK_K * stride_ak
-        b_ptrs += BLOCK_K * stride_bk
-    mask = (rows[:, None] < M) & (cols[None, :] < N)
+def _relu_sq_epilogue(acc, h_desc, c_desc, off_m, off_n, BACKWARD: tl.constexpr):
     if BACKWARD:
-        h = tl.load(H + rows[:, None].to(tl.int64) * stride_hm + cols[None, :] * stride_hn, mask=mask, other=0.0)
-        out = 2 * acc * tl.sqrt(h.to(tl.float32))
+        out = 2 * acc * tl.sqrt(h_desc.load([off_m, off_n]).to(tl.float32))
     else:
         out = tl.maximum(acc, 0.0)
         out = out * out
-    tl.store(C + rows[:, None].to(tl.int64) * stride_cm + cols[None, :] * stride_cn, out.to(C.dtype.element_ty),
-             mask=mask)
+    c_desc.store([off_m, off_n], out.to(c_desc.dtype))
+
+
+@triton.jit
+def _relu_sq_matmul_kernel(a_desc, b_desc, h_desc, c_desc, M, N, K, B_TRANSPOSED: tl.constexpr,
+                           BACKWARD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                           BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, NUM_PROGRAMS: tl.constexpr):
+    """A: (M, K), B: (K, N), or its transpose (N, K) if B_TRANSPOSED -> C: (M, N) = relu(A·B)², or if BACKWARD,
+    C = (A·B)·2·sqrt(H), the gradient of the pre-activation when A·B is the gradient of H = relu(pre)²; fp32
+    accumulation, C rounded to its dtype. The activation rides on the matmul's output tile instead of a second
+    pass over (M, N). Persistent: each program walks tiles NUM_PROGRAMS apart, and the flattened loop lets the
+    next tile's TMA loads run under this tile's epilogue, which K = 768 (12 steps a tile) makes a large share."""
+    grid_m, grid_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
+    group_width = GROUP_M * grid_n  # GROUP_M row blocks sweep the columns together: their A rows stay in L2
+    tile_done = tl.program_id(0) - NUM_PROGRAMS  # the epilogue's tile, recomputed so no offsets live across it
+    for tile in tl.range(tl.program_id(0), grid_m * grid_n, NUM_PROGRAMS, flatten=True):
+        first_m = (tile // group_width) * GROUP_M
+        off_m = (first_m + (tile % group_width) % min(grid_m - first_m, GROUP_M)) * BLOCK_M
+        off_n = ((tile % group_width) // min(grid_m - first_m, GROUP_M)) * BLOCK_N
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k in range(0, K, BLOCK_K):
+            b = b_desc.load([off_n, k]).T if B_TRANSPOSED else b_desc.load([k, off_n])
+            acc = tl.dot(a_desc.load([off_m, k]), b, acc)
+        tile_done += NUM_PROGRAMS
+        first_m = (tile_done // group_width) * GROUP_M
+        off_m = (first_m + (tile_done % group_width) % min(grid_m - first_m, GROUP_M)) * BLOCK_M
+        off_n = ((tile_done % group_width) // min(grid_m - first_m, GROUP_M)) * BLOCK_N
+        # stored in two halves: half the shared memory for the store buffer, which leaves room for 3 load stages
+        left, right = acc.reshape(BLOCK_M, 2, BLOCK_N // 2).permute(0, 2, 1).split()
+        _relu_sq_epilogue(left, h_desc, c_desc, off_m, off_n, BACKWARD)
+        _relu_sq_epilogue(right, h_desc, c_desc, off_m, off_n + BLOCK_N // 2, BACKWARD)
 
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for the forward and the backward epilogue: the fastest of
 # tests/bench_kernels.py's candidates on H100 at (49152, 768) x (768, 3072)
-RELU_SQ_MATMUL_CONFIGS = {"forward": (256, 128, 64, 8, 3), "backward": (128, 256, 64, 8, 4)}
+RELU_SQ_MATMUL_CONFIGS = {"forward": (128, 256, 64, 8, 3), "backward": (128, 256, 64, 8, 3)}
+
+
+def _tma_matrix(t: torch.Tensor, name: str) -> torch.Tensor:
+    """t itself if TMA can copy tiles of it (unit stride along its rows, 16-byte aligned start and row stride),
+    else a contiguous copy; an error if no copy can be, because its rows are not a multiple of 16 bytes."""
+    if (t.shape[-1] * t.element_size()) % 16:
+        raise ValueError(f"relu_sq_matmul: {name} {tuple(t.shape)} {t.dtype} has rows of "
+                         f"{t.shape[-1] * t.element_size()} bytes; TMA needs a multiple of 16")
+    if t.stride(-1) != 1 or (t.stride(0) * t.element_size()) % 16 or t.data_ptr() % 16:
+        t = t.contiguous()
+    return t
 
 
 def relu_sq_matmul_triton(a: torch.Tensor, b: torch.Tensor, h: torch.Tensor | None = None,
@@ -370,13 +384,19 @@ def relu_sq_matmul_triton(a: torch.Tensor, b: torch.Tensor, h: torch.Tensor | No
     if b.shape[0] != K or (h is not None and h.shape != (M, N)):
         raise ValueError(f"relu_sq_matmul: shapes {tuple(a.shape)} x {tuple(b.shape)}"
                          f"{'' if h is None else f' with h {tuple(h.shape)}'} do not fit")
-    c = a.new_empty(M, N)
     block_m, block_n, block_k, warps, stages = config or RELU_SQ_MATMUL_CONFIGS["forward" if h is None else "backward"]
-    grid = (triton.cdiv(M, block_m) * triton.cdiv(N, block_n),)
-    hh = c if h is None else h  # unused by the forward
-    _relu_sq_matmul_kernel[grid](a, b, hh, c, M, N, K, *a.stride(), *b.stride(), *hh.stride(), *c.stride(),
-                                 BACKWARD=h is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-                                 GROUP_M=8, num_warps=warps, num_stages=stages)
+    b_transposed = b.stride(0) == 1 and b.stride(1) != 1  # e.g. fc.T: tiles of the (N, K) matrix, transposed
+    b = _tma_matrix(b.T if b_transposed else b, "b")
+    c = a.new_empty(M, N)
+    c_desc = TensorDescriptor.from_tensor(_tma_matrix(c, "output"), [block_m, block_n // 2])
+    programs = min(triton.cdiv(M, block_m) * triton.cdiv(N, block_n),
+                   torch.cuda.get_device_properties(a.device).multi_processor_count if a.is_cuda else 4)
+    _relu_sq_matmul_kernel[(programs,)](
+        TensorDescriptor.from_tensor(_tma_matrix(a, "a"), [block_m, block_k]),
+        TensorDescriptor.from_tensor(b, [block_n, block_k] if b_transposed else [block_k, block_n]),
+        c_desc if h is None else TensorDescriptor.from_tensor(_tma_matrix(h, "h"), [block_m, block_n // 2]),
+        c_desc, M, N, K, B_TRANSPOSED=b_transposed, BACKWARD=h is not None, BLOCK_M=block_m, BLOCK_N=block_n,
+        BLOCK_K=block_k, GROUP_M=8, NUM_PROGRAMS=programs, num_warps=warps, num_stages=stages)
     return c
 
 
@@ -1151,7 +1171,7 @@ class Hyperparameters:
     window_pattern: str = "SSSLSSSLSSSL"  # per block: S short or L long sliding window
     window_min: int = 384  # long window at the start, in tokens; short windows are half the long one
     window_max: int = 1792  # long window at the end; windows move in FlexAttention blocks of 128 tokens
-    fused_mlp: bool = True  # relu² fused into the MLP's matmuls (Triton, CUDA only): -10 ms a step, -3.4 GiB on H100
+    fused_mlp: bool = True  # relu² fused into the MLP's matmuls (Triton, CUDA only): -27 ms a step, -3.4 GiB on H100
     # optimization
     muon_lr: float = 0.05
     muon_momentum_start: float = 0.85
@@ -1189,6 +1209,8 @@ class Hyperparameters:
                 raise ValueError(f"--{flag}={getattr(self, flag)}: {why}")
 
         require(self.num_heads * self.head_dim == self.model_dim, "model_dim", "must equal num_heads * head_dim")
+        require(self.model_dim % 8 == 0 or not self.fused_mlp, "model_dim",
+                "must be a multiple of 8 with --fused_mlp: its kernel copies tiles by TMA, which needs 16-byte rows")
         require(self.num_layers % 2 == 0, "num_layers", "must be even (U-net skips pair the halves)")
         require(len(self.window_pattern) == self.num_layers and set(self.window_pattern) <= {"S", "L"},
                 "window_pattern", "needs one letter S or L per layer")

@@ -235,6 +235,20 @@ def test_relu_sq_matmul_rejects_mismatched_shapes():
         T.relu_sq_matmul_triton(torch.randn(4, 8), torch.randn(6, 3))
 
 
+def test_relu_sq_matmul_rejects_rows_tma_cannot_copy():
+    with pytest.raises(ValueError, match=r"relu_sq_matmul: a \(4, 6\) torch.float32 has rows of 24 bytes"):
+        T.relu_sq_matmul_triton(torch.randn(4, 6), torch.randn(6, 8))
+
+
+def test_relu_sq_matmul_reads_strided_inputs(monkeypatch):
+    """Inputs TMA cannot tile in place (a column slice, a transposed activation) give the contiguous result."""
+    monkeypatch.setattr(T, "RELU_SQ_MATMUL_CONFIGS", RELU_SQ_SMALL_TILES)
+    a, b, h = torch.randn(80, 40)[:, ::2], torch.randn(20, 36), torch.rand(36, 80).T
+    assert not a.is_contiguous() and not h.is_contiguous()
+    assert rel_err(T.relu_sq_matmul_triton(a, b), torch.relu(a @ b).square()) < 1e-5
+    assert rel_err(T.relu_sq_matmul_triton(a, b, h), (a @ b) * 2 * h.sqrt()) < 1e-5
+
+
 @pytest.mark.gpu
 def test_relu_sq_mlp_matches_torch_on_gpu():
     x, fc, proj = (torch.randn(shape, device="cuda").bfloat16() for shape in [(4096, 768), (3072, 768), (768, 3072)])

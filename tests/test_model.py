@@ -101,7 +101,8 @@ def test_parse_args_overrides_and_rejects_bad_flags():
     assert tg.parse_args([]).model_dim == 768
     for argv, needle in [(["--nope=1"], "unknown flag --nope"), (["--num_iterations=x"], "--num_iterations=x"),
                          (["num_iterations=3"], "expected --name=value"), (["--preset=huge"], "--preset=huge"),
-                         (["--num_layers=3", "--window_pattern=SSL"], "--num_layers=3")]:
+                         (["--num_layers=3", "--window_pattern=SSL"], "--num_layers=3"),
+                         (["--num_heads=9", "--head_dim=9", "--model_dim=81"], "--model_dim=81: must be a multiple of 8")]:
         try:
             tg.parse_args(argv)
         except ValueError as e:
