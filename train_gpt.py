@@ -322,6 +322,16 @@ def relu_sq_mlp_torch(x: torch.Tensor, fc: torch.Tensor, proj: torch.Tensor) -> 
 
 
 @triton.jit
+def _grouped_tile(tile, grid_m, grid_n, GROUP_M: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Tile index -> (row, column) offsets, GROUP_M row blocks sweeping the columns together so the A rows they
+    share stay in L2."""
+    in_group = tile % (GROUP_M * grid_n)
+    first_m = (tile // (GROUP_M * grid_n)) * GROUP_M
+    group_m = min(grid_m - first_m, GROUP_M)
+    return (first_m + in_group % group_m) * BLOCK_M, (in_group // group_m) * BLOCK_N
+
+
+@triton.jit
 def _relu_sq_epilogue(acc, h_desc, c_desc, off_m, off_n, BACKWARD: tl.constexpr):
     if BACKWARD:
         out = 2 * acc * tl.sqrt(h_desc.load([off_m, off_n]).to(tl.float32))
@@ -341,20 +351,15 @@ def _relu_sq_matmul_kernel(a_desc, b_desc, h_desc, c_desc, M, N, K, B_TRANSPOSED
     pass over (M, N). Persistent: each program walks tiles NUM_PROGRAMS apart, and the flattened loop lets the
     next tile's TMA loads run under this tile's epilogue, which K = 768 (12 steps a tile) makes a large share."""
     grid_m, grid_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
-    group_width = GROUP_M * grid_n  # GROUP_M row blocks sweep the columns together: their A rows stay in L2
     tile_done = tl.program_id(0) - NUM_PROGRAMS  # the epilogue's tile, recomputed so no offsets live across it
     for tile in tl.range(tl.program_id(0), grid_m * grid_n, NUM_PROGRAMS, flatten=True):
-        first_m = (tile // group_width) * GROUP_M
-        off_m = (first_m + (tile % group_width) % min(grid_m - first_m, GROUP_M)) * BLOCK_M
-        off_n = ((tile % group_width) // min(grid_m - first_m, GROUP_M)) * BLOCK_N
+        off_m, off_n = _grouped_tile(tile, grid_m, grid_n, GROUP_M, BLOCK_M, BLOCK_N)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k in range(0, K, BLOCK_K):
             b = b_desc.load([off_n, k]).T if B_TRANSPOSED else b_desc.load([k, off_n])
             acc = tl.dot(a_desc.load([off_m, k]), b, acc)
         tile_done += NUM_PROGRAMS
-        first_m = (tile_done // group_width) * GROUP_M
-        off_m = (first_m + (tile_done % group_width) % min(grid_m - first_m, GROUP_M)) * BLOCK_M
-        off_n = ((tile_done % group_width) // min(grid_m - first_m, GROUP_M)) * BLOCK_N
+        off_m, off_n = _grouped_tile(tile_done, grid_m, grid_n, GROUP_M, BLOCK_M, BLOCK_N)
         # stored in two halves: half the shared memory for the store buffer, which leaves room for 3 load stages
         left, right = acc.reshape(BLOCK_M, 2, BLOCK_N // 2).permute(0, 2, 1).split()
         _relu_sq_epilogue(left, h_desc, c_desc, off_m, off_n, BACKWARD)

@@ -240,6 +240,14 @@ def test_relu_sq_matmul_rejects_rows_tma_cannot_copy():
         T.relu_sq_matmul_triton(torch.randn(4, 6), torch.randn(6, 8))
 
 
+def test_relu_sq_matmul_covers_every_tile_when_the_last_row_group_is_short():
+    """13 row blocks in groups of 8: the second group holds 5, which does not divide its 8 · 2 tiles."""
+    a, b, h = torch.randn(200, 16), torch.randn(16, 40), torch.rand(200, 40)
+    config = (16, 32, 16, 4, 2)
+    assert rel_err(T.relu_sq_matmul_triton(a, b, config=config), torch.relu(a @ b).square()) < 1e-5
+    assert rel_err(T.relu_sq_matmul_triton(a, b, h, config=config), (a @ b) * 2 * h.sqrt()) < 1e-5
+
+
 def test_relu_sq_matmul_reads_strided_inputs(monkeypatch):
     """Inputs TMA cannot tile in place (a column slice, a transposed activation) give the contiguous result."""
     monkeypatch.setattr(T, "RELU_SQ_MATMUL_CONFIGS", RELU_SQ_SMALL_TILES)
