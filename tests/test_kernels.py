@@ -240,12 +240,15 @@ def test_relu_sq_matmul_rejects_rows_tma_cannot_copy():
         T.relu_sq_matmul_triton(torch.randn(4, 6), torch.randn(6, 8))
 
 
-def test_relu_sq_matmul_covers_every_tile_when_the_last_row_group_is_short():
-    """13 row blocks in groups of 8: the second group holds 5, which does not divide its 8 · 2 tiles."""
-    a, b, h = torch.randn(200, 16), torch.randn(16, 40), torch.rand(200, 40)
-    config = (16, 32, 16, 4, 2)
+def check_relu_sq_matmul(a: torch.Tensor, b: torch.Tensor, h: torch.Tensor, config=None):
+    """Both epilogues of the kernel against their torch definitions, fp32."""
     assert rel_err(T.relu_sq_matmul_triton(a, b, config=config), torch.relu(a @ b).square()) < 1e-5
     assert rel_err(T.relu_sq_matmul_triton(a, b, h, config=config), (a @ b) * 2 * h.sqrt()) < 1e-5
+
+
+def test_relu_sq_matmul_covers_every_tile_when_the_last_row_group_is_short():
+    """13 row blocks in groups of 8: the second group holds only 5, so the group height must be clamped."""
+    check_relu_sq_matmul(torch.randn(200, 16), torch.randn(16, 40), torch.rand(200, 40), config=(16, 32, 16, 4, 2))
 
 
 def test_relu_sq_matmul_reads_strided_inputs(monkeypatch):
@@ -253,8 +256,7 @@ def test_relu_sq_matmul_reads_strided_inputs(monkeypatch):
     monkeypatch.setattr(T, "RELU_SQ_MATMUL_CONFIGS", RELU_SQ_SMALL_TILES)
     a, b, h = torch.randn(80, 40)[:, ::2], torch.randn(20, 36), torch.rand(36, 80).T
     assert not a.is_contiguous() and not h.is_contiguous()
-    assert rel_err(T.relu_sq_matmul_triton(a, b), torch.relu(a @ b).square()) < 1e-5
-    assert rel_err(T.relu_sq_matmul_triton(a, b, h), (a @ b) * 2 * h.sqrt()) < 1e-5
+    check_relu_sq_matmul(a, b, h)
 
 
 @pytest.mark.gpu
