@@ -333,12 +333,18 @@ def _grouped_tile(tile, grid_m, grid_n, GROUP_M: tl.constexpr, BLOCK_M: tl.const
 
 @triton.jit
 def _relu_sq_epilogue(acc, h_desc, c_desc, off_m, off_n, BACKWARD: tl.constexpr):
-    if BACKWARD:
-        out = 2 * acc * tl.sqrt(h_desc.load([off_m, off_n]).to(tl.float32))
+    """The activation (or, if BACKWARD, its gradient) of the output tile, stored in two halves: half the shared
+    memory for the store buffer, which leaves room for 3 load stages."""
+    left, right = acc.reshape(acc.shape[0], 2, acc.shape[1] // 2).permute(0, 2, 1).split()
+    off_right = off_n + acc.shape[1] // 2
+    if BACKWARD:  # both halves of H asked for before either is used, so the two loads overlap
+        h_left, h_right = h_desc.load([off_m, off_n]), h_desc.load([off_m, off_right])
+        c_desc.store([off_m, off_n], (2 * left * tl.sqrt(h_left.to(tl.float32))).to(c_desc.dtype))
+        c_desc.store([off_m, off_right], (2 * right * tl.sqrt(h_right.to(tl.float32))).to(c_desc.dtype))
     else:
-        out = tl.maximum(acc, 0.0)
-        out = out * out
-    c_desc.store([off_m, off_n], out.to(c_desc.dtype))
+        left, right = tl.maximum(left, 0.0), tl.maximum(right, 0.0)
+        c_desc.store([off_m, off_n], (left * left).to(c_desc.dtype))
+        c_desc.store([off_m, off_right], (right * right).to(c_desc.dtype))
 
 
 @triton.jit
@@ -360,10 +366,7 @@ def _relu_sq_matmul_kernel(a_desc, b_desc, h_desc, c_desc, M, N, K, B_TRANSPOSED
             acc = tl.dot(a_desc.load([off_m, k]), b, acc)
         tile_done += NUM_PROGRAMS
         off_m, off_n = _grouped_tile(tile_done, grid_m, grid_n, GROUP_M, BLOCK_M, BLOCK_N)
-        # stored in two halves: half the shared memory for the store buffer, which leaves room for 3 load stages
-        left, right = acc.reshape(BLOCK_M, 2, BLOCK_N // 2).permute(0, 2, 1).split()
-        _relu_sq_epilogue(left, h_desc, c_desc, off_m, off_n, BACKWARD)
-        _relu_sq_epilogue(right, h_desc, c_desc, off_m, off_n + BLOCK_N // 2, BACKWARD)
+        _relu_sq_epilogue(acc, h_desc, c_desc, off_m, off_n, BACKWARD)
 
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for the forward and the backward epilogue: the fastest of
