@@ -864,9 +864,14 @@ def attention_mask(inputs: torch.Tensor, window: torch.Tensor):
     return create_mask(mask_mod, None, None, T, T, device=inputs.device)
 
 
+# FlexAttention's forward in tiles of 64 queries x 64 keys (4 warps, 3 stages): the fastest of inductor's own
+# autotuning at the record shape on H100, ~10% over torch's default 128 x 64; the backward's default won there.
+FLEX_KERNEL_OPTIONS = {"fwd_BLOCK_M": 64, "fwd_BLOCK_N": 64, "fwd_num_warps": 4, "fwd_num_stages": 3}
+
+
 def attend(q, k, v, mask, scale: float) -> torch.Tensor:  # q, k, v: (B, H, T, head_dim)
     if isinstance(mask, BlockMask):
-        return flex_attention(q, k, v, block_mask=mask, scale=scale)
+        return flex_attention(q, k, v, block_mask=mask, scale=scale, kernel_options=FLEX_KERNEL_OPTIONS)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
