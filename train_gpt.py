@@ -892,8 +892,8 @@ class CausalSelfAttention(nn.Module):
         B, T, D = x.shape
         H, Dh = self.num_heads, self.head_dim
         w = self.qkvo.type_as(x)
-        q, k, v = F.linear(x, w[:3].flatten(0, 1)).view(B, T, 3 * H, Dh).chunk(3, dim=-2)
-        q, k = self.rotary(norm(q)), self.rotary(norm(k))
+        qk, v = F.linear(x, w[:3].flatten(0, 1)).view(B, T, 3 * H, Dh).split(2 * H, dim=-2)
+        q, k = self.rotary(norm(qk)).chunk(2, dim=-2)  # q and k as one tensor: one reduction loop, not two
         if value_embed is not None:
             v = self.value_mix[0] * v + self.value_mix[1] * value_embed.view_as(v)
         y = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, self.scale).transpose(1, 2)
