@@ -56,6 +56,40 @@ def test_flex_attention_block_mask_matches_dense_mask_attention():
     torch.testing.assert_close(flex, dense, atol=1e-5, rtol=1e-5)
 
 
+def test_attention_block_matches_a_reference_written_per_head():
+    """The whole attention module (q, k, v from the shared bank, per-head q/k norm and rotation, value-embedding
+    mix, document-causal window, sigmoid gates, output projection) against the same math written out per head,
+    with the rotation as complex numbers and the mask from loops."""
+    torch.manual_seed(4)
+    T, D, H, Dh, gate_dim, window, scale = 40, 64, 2, 32, 12, 16, 0.12
+    attn = tg.CausalSelfAttention(D, H, Dh, gate_dim, tg.Rotary(Dh, T, 1024.0), scale)
+    with torch.no_grad():  # the output projection and gates start at zero: give them values that show errors
+        attn.qkvo[3].normal_(0, D**-0.5)
+        attn.gate.normal_()
+        attn.value_mix.copy_(torch.tensor([0.7, -0.4]))
+    tokens = random_documents(T, seed=5)
+    tokens[[0, 13, 29]] = tg.BOS_ID
+    x, ve = torch.randn(2, 1, T, D).unbind(0)
+    y = attn(x, ve, tg.attention_mask(tokens, torch.tensor(window)))
+
+    W = attn.qkvo.detach().double()
+    x64 = x[0].double()
+    doc = (tokens == tg.BOS_ID).cumsum(0).tolist()
+    visible = torch.tensor([[k <= q and q - k < window and doc[q] == doc[k] for k in range(T)] for q in range(T)])
+    angle = torch.arange(T, dtype=torch.float64)[:, None] * 1024.0 ** (-torch.arange(Dh // 2) / (Dh // 2))
+    out = torch.zeros(T, D, dtype=torch.float64)
+    for h in range(H):
+        heads = [x64 @ W[i, h * Dh:(h + 1) * Dh].T for i in range(3)]  # (T, Dh) each: q, k, v
+        q, k = (t / (t.square().mean(-1, keepdim=True) + torch.finfo(torch.float32).eps).sqrt() for t in heads[:2])
+        q, k = (torch.view_as_real(torch.complex(t[:, :Dh // 2], t[:, Dh // 2:]) * torch.polar(
+            torch.ones_like(angle), -angle)).permute(0, 2, 1).flatten(1) for t in (q, k))
+        v = 0.7 * heads[2] - 0.4 * ve[0, :, h * Dh:(h + 1) * Dh].double()
+        p = torch.softmax((scale * q @ k.T).masked_fill(~visible, float("-inf")), dim=-1)
+        gate = torch.sigmoid(x64[:, :gate_dim] @ attn.gate[h].detach().double())
+        out += (gate[:, None] * (p @ v)) @ W[3][:, h * Dh:(h + 1) * Dh].T
+    torch.testing.assert_close(y[0].double(), out, atol=2e-5, rtol=2e-5)
+
+
 def tiny_model(**overrides):
     torch.manual_seed(0)
     hp = tg.parse_args(["--preset=tiny", *[f"--{k}={v}" for k, v in overrides.items()]])
