@@ -7,18 +7,24 @@ from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 import train_gpt as tg
 
 
+def rotate_as_complex(x: torch.Tensor, base: float) -> torch.Tensor:
+    """x: (..., T, H, Dh) -> fp64 reference rotation: pair (x[i], x[i + Dh/2]) is a complex number rotated by
+    -pos · base^(-i / (Dh/2))."""
+    T, Dh = x.shape[-3], x.shape[-1]
+    freqs = base ** (-torch.arange(Dh // 2, dtype=torch.float64) / (Dh // 2))
+    angle = torch.arange(T, dtype=torch.float64)[:, None] * freqs  # (T, Dh/2)
+    z = torch.complex(x[..., : Dh // 2].double(), x[..., Dh // 2 :].double())
+    z = z * torch.polar(torch.ones_like(angle), -angle)[:, None, :]
+    return torch.cat((z.real, z.imag), dim=-1)
+
+
 def test_rotary_with_chunk_equals_complex_rotation():
     torch.manual_seed(0)
     T, H, Dh = 37, 3, 16
     rotary = tg.Rotary(Dh, max_seq_len=64, base=10000.0)
     x = torch.randn(2, T, H, Dh)
     y = rotary(x)
-    # reference: pair (x[i], x[i + Dh/2]) is a complex number rotated by -pos * freq_i
-    freqs = 10000.0 ** (-torch.arange(Dh // 2, dtype=torch.float64) / (Dh // 2))
-    angle = torch.arange(T, dtype=torch.float64)[:, None] * freqs  # (T, Dh/2)
-    z = torch.complex(x[..., : Dh // 2].double(), x[..., Dh // 2 :].double())
-    ref = z * torch.polar(torch.ones_like(angle), -angle)[None, :, None, :]
-    expected = torch.cat((ref.real, ref.imag), dim=-1).float()
+    expected = rotate_as_complex(x, 10000.0).float()
     torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(y[:, 1:], x[:, 1:])  # it does rotate
 
@@ -30,12 +36,18 @@ def random_documents(T: int, seed: int) -> torch.Tensor:
     return tokens
 
 
+def document_window_from_loops(tokens: torch.Tensor, window: int) -> torch.Tensor:
+    """(T, T) bool: query q sees key k of its own document, not in its future, fewer than `window` back."""
+    doc, T = (tokens == tg.BOS_ID).cumsum(0).tolist(), tokens.numel()
+    return torch.tensor([[k <= q and q - k < window and doc[q] == doc[k] for k in range(T)] for q in range(T)])
+
+
 def test_document_mask_matches_dense_reference():
     T, window = 300, 50
     tokens = random_documents(T, seed=1)
     mask = tg.attention_mask(tokens, torch.tensor(window))[0, 0]  # CPU: dense (T, T) bool
     doc = (tokens == tg.BOS_ID).cumsum(0).tolist()
-    expected = torch.tensor([[k <= q and q - k < window and doc[q] == doc[k] for k in range(T)] for q in range(T)])
+    expected = document_window_from_loops(tokens, window)
     assert torch.equal(mask, expected)
     # never another document, never the future
     q, k = torch.nonzero(mask, as_tuple=True)
@@ -56,9 +68,9 @@ def test_flex_attention_block_mask_matches_dense_mask_attention():
     torch.testing.assert_close(flex, dense, atol=1e-5, rtol=1e-5)
 
 
-def test_attention_block_matches_a_reference_written_per_head():
+def test_attention_block_matches_a_reference_written_out():
     """The whole attention module (q, k, v from the shared bank, per-head q/k norm and rotation, value-embedding
-    mix, document-causal window, sigmoid gates, output projection) against the same math written out per head,
+    mix, document-causal window, sigmoid gates, output projection) against the same math written out in fp64,
     with the rotation as complex numbers and the mask from loops."""
     torch.manual_seed(4)
     T, D, H, Dh, gate_dim, window, scale = 40, 64, 2, 32, 12, 16, 0.12
@@ -72,21 +84,15 @@ def test_attention_block_matches_a_reference_written_per_head():
     x, ve = torch.randn(2, 1, T, D).unbind(0)
     y = attn(x, ve, tg.attention_mask(tokens, torch.tensor(window)))
 
-    W = attn.qkvo.detach().double()
-    x64 = x[0].double()
-    doc = (tokens == tg.BOS_ID).cumsum(0).tolist()
-    visible = torch.tensor([[k <= q and q - k < window and doc[q] == doc[k] for k in range(T)] for q in range(T)])
-    angle = torch.arange(T, dtype=torch.float64)[:, None] * 1024.0 ** (-torch.arange(Dh // 2) / (Dh // 2))
-    out = torch.zeros(T, D, dtype=torch.float64)
-    for h in range(H):
-        heads = [x64 @ W[i, h * Dh:(h + 1) * Dh].T for i in range(3)]  # (T, Dh) each: q, k, v
-        q, k = (t / (t.square().mean(-1, keepdim=True) + torch.finfo(torch.float32).eps).sqrt() for t in heads[:2])
-        q, k = (torch.view_as_real(torch.complex(t[:, :Dh // 2], t[:, Dh // 2:]) * torch.polar(
-            torch.ones_like(angle), -angle)).permute(0, 2, 1).flatten(1) for t in (q, k))
-        v = 0.7 * heads[2] - 0.4 * ve[0, :, h * Dh:(h + 1) * Dh].double()
-        p = torch.softmax((scale * q @ k.T).masked_fill(~visible, float("-inf")), dim=-1)
-        gate = torch.sigmoid(x64[:, :gate_dim] @ attn.gate[h].detach().double())
-        out += (gate[:, None] * (p @ v)) @ W[3][:, h * Dh:(h + 1) * Dh].T
+    W, x64 = attn.qkvo.detach().double(), x[0].double()
+    q, k, v = ((x64 @ W[i].T).view(T, H, Dh) for i in range(3))
+    q, k = (rotate_as_complex(t / (t.square().mean(-1, keepdim=True) + torch.finfo(torch.float32).eps).sqrt(),
+                              1024.0) for t in (q, k))
+    v = 0.7 * v - 0.4 * ve[0].double().view(T, H, Dh)
+    scores = scale * torch.einsum("qhd,khd->hqk", q, k)
+    p = torch.softmax(scores.masked_fill(~document_window_from_loops(tokens, window), float("-inf")), dim=-1)
+    gate = torch.sigmoid(x64[:, :gate_dim] @ attn.gate.detach().double().T)  # (T, H)
+    out = (torch.einsum("hqk,khd->qhd", p, v) * gate[..., None]).reshape(T, D) @ W[3].T
     torch.testing.assert_close(y[0].double(), out, atol=2e-5, rtol=2e-5)
 
 
