@@ -1,4 +1,4 @@
-"""FlexAttention kernel options at the record shape on one GPU: `python tests/bench_attention.py [--autotune]`.
+"""FlexAttention kernel options at the record shape on one GPU: `python bench/attention.py [--autotune]`.
 One micro-batch (49152 tokens in FineWeb-like documents), 6 heads of 128, the final long (1792) and short (896)
 windows. Each row compiles forward and backward with one set of kernel options and times the forward alone and
 forward + backward (medians of triton.testing.do_bench, ms); TFLOP/s counts the attended pairs only, as the

@@ -1,4 +1,4 @@
-"""Triton kernels vs plain torch on one GPU, at the record shapes: `python tests/bench_kernels.py`.
+"""Triton kernels vs plain torch on one GPU, at the record shapes: `python bench/kernels.py`.
 Times are medians of triton.testing.do_bench in ms; TFLOP/s counts the full (not half) matmul for both sides."""
 import sys
 from pathlib import Path
@@ -122,7 +122,7 @@ def bench_cross_entropy() -> None:
     gb = logits.numel() * logits.element_size() / 1e6  # MB read by the forward; the backward also writes as much
 
     def forward(fast):
-        return T.softcap_cross_entropy_triton(logits, targets, 15.0, fast_tanh=fast)
+        return T.softcap_cross_entropy_triton(logits, targets, 15.0, fast)[0]
 
     t_fast, t_exact = ms(lambda: forward(True)), ms(lambda: forward(False))
     row("softcap CE forward, fast vs exact", (tokens, VOCAB), t_fast, t_exact,
@@ -130,7 +130,7 @@ def bench_cross_entropy() -> None:
     x = logits.clone().requires_grad_()
 
     def both(fast):
-        torch.autograd.grad(T.softcap_cross_entropy_triton(x, targets, 15.0, fast_tanh=fast), x)
+        torch.autograd.grad(T.softcap_cross_entropy_triton(x, targets, 15.0, fast)[0], x)
 
     t_fast, t_exact = ms(lambda: both(True)), ms(lambda: both(False))
     row("softcap CE fwd+bwd, fast vs exact", (tokens, VOCAB), t_fast, t_exact,
@@ -141,7 +141,7 @@ def bench_cross_entropy() -> None:
 
 def main() -> None:
     if not torch.cuda.is_available():
-        sys.exit("bench_kernels.py times CUDA kernels; run it on a GPU machine")
+        sys.exit("bench/kernels.py times CUDA kernels; run it on a GPU machine")
     print(f"{torch.cuda.get_device_name()}  torch {torch.__version__}")
     print(f"{'op':<34} {'shape':<18} {'triton ms':>9} {'torch ms':>9} {'speedup':>9}")
     bench_products()
