@@ -5,6 +5,7 @@ SOURCE_BYTES = Path(__file__).read_bytes()  # read first, so the log holds exact
 
 # ----- Imports, distributed setup, device -----
 import dataclasses
+import contextlib
 import datetime
 import functools
 import glob
@@ -34,9 +35,10 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 warnings.filterwarnings("ignore", message=r".*is deprecated. Please use `torch.distributed")
 
 
-def on_gpu(t: torch.Tensor) -> bool:
-    """The one CPU-vs-CUDA switch for kernels: Triton on CUDA tensors, the torch definition elsewhere."""
-    return t.is_cuda
+def on_gpu(x: torch.Tensor | torch.device) -> bool:
+    """The one CPU-vs-CUDA switch: Triton kernels, FlexAttention, torch.compile and CUDA timing and memory
+    queries on CUDA tensors and devices; the torch definitions, a dense mask and host clocks elsewhere."""
+    return (x.device if isinstance(x, torch.Tensor) else x).type == "cuda"
 
 
 def init_distributed() -> tuple[int, int, torch.device]:
@@ -48,7 +50,7 @@ def init_distributed() -> tuple[int, int, torch.device]:
     else:
         device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size)
+        dist.init_process_group("nccl" if on_gpu(device) else "gloo", rank=rank, world_size=world_size)
     return rank, world_size, device
 
 
@@ -172,6 +174,18 @@ def ba_plus_caa_triton(A: torch.Tensor, b: float, c: float, block: int | None = 
     return C.view(A.shape)
 
 
+def xxt(A: torch.Tensor) -> torch.Tensor:
+    return xxt_triton(A) if on_gpu(A) else xxt_torch(A)
+
+
+def xtx(A: torch.Tensor) -> torch.Tensor:
+    return xtx_triton(A) if on_gpu(A) else xtx_torch(A)
+
+
+def ba_plus_caa(A: torch.Tensor, b: float, c: float) -> torch.Tensor:
+    return ba_plus_caa_triton(A, b, c) if on_gpu(A) else ba_plus_caa_torch(A, b, c)
+
+
 def transpose_copy_torch(src: torch.Tensor, dst: torch.Tensor) -> None:
     """src: (m, n), dst: (n, m): dst = srcᵀ."""
     dst.copy_(src.T)
@@ -180,6 +194,56 @@ def transpose_copy_torch(src: torch.Tensor, dst: torch.Tensor) -> None:
 def transpose_add_torch(src: torch.Tensor, dst: torch.Tensor) -> None:
     """src: (m, n), dst: (n, m): dst += srcᵀ."""
     dst.add_(src.T)
+
+
+@triton.jit
+def _transpose_kernel(S, D, m, n, stride_sr, stride_sc, stride_dr, stride_dc,
+                      ACCUMULATE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """S: (m, n), D: (n, m), any float dtypes: D = Sᵀ, or D += Sᵀ (summed in fp32) if ACCUMULATE. A tile goes
+    through registers, so S is read along its rows and D written along its rows."""
+    pid = tl.program_id(0)
+    blocks_n = tl.cdiv(n, BLOCK_N)
+    rows = (pid // blocks_n) * BLOCK_M + tl.arange(0, BLOCK_M)  # rows of S, columns of D
+    cols = (pid % blocks_n) * BLOCK_N + tl.arange(0, BLOCK_N)  # columns of S, rows of D
+    tile = tl.load(S + rows[:, None] * stride_sr + cols[None, :] * stride_sc,
+                   mask=(rows[:, None] < m) & (cols[None, :] < n))
+    tile = tl.trans(tile)
+    d_ptrs = D + cols[:, None] * stride_dr + rows[None, :] * stride_dc
+    d_mask = (cols[:, None] < n) & (rows[None, :] < m)
+    if ACCUMULATE:
+        tile = tile.to(tl.float32) + tl.load(d_ptrs, mask=d_mask).to(tl.float32)
+    tl.store(d_ptrs, tile.to(D.dtype.element_ty), mask=d_mask)
+
+
+def _transpose(src: torch.Tensor, dst: torch.Tensor, accumulate: bool) -> None:
+    if src.ndim != 2 or dst.shape != src.shape[::-1]:
+        raise ValueError(f"transpose kernels take src: (m, n) and dst: (n, m), got {tuple(src.shape)} "
+                         f"and {tuple(dst.shape)}")
+    m, n = src.shape
+    block_m = block_n = 64  # 16 KiB fp32 tile per program: plenty of programs in flight to saturate bandwidth
+    grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)
+    if grid[0] == 0:
+        return
+    _transpose_kernel[grid](src, dst, m, n, *src.stride(), *dst.stride(),
+                            ACCUMULATE=accumulate, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4)
+
+
+def transpose_copy_triton(src: torch.Tensor, dst: torch.Tensor) -> None:
+    """src: (m, n), dst: (n, m): dst = srcᵀ, converted to dst's dtype."""
+    _transpose(src, dst, accumulate=False)
+
+
+def transpose_add_triton(src: torch.Tensor, dst: torch.Tensor) -> None:
+    """src: (m, n), dst: (n, m): dst += srcᵀ, summed in fp32 and rounded to dst's dtype."""
+    _transpose(src, dst, accumulate=True)
+
+
+def transpose_copy(src: torch.Tensor, dst: torch.Tensor) -> None:
+    (transpose_copy_triton if on_gpu(src) else transpose_copy_torch)(src, dst)
+
+
+def transpose_add(src: torch.Tensor, dst: torch.Tensor) -> None:
+    (transpose_add_triton if on_gpu(src) else transpose_add_torch)(src, dst)
 
 
 def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
@@ -235,90 +299,79 @@ def _softcap_ce_backward_kernel(L, G, targets, lse, grad_loss, V, stride_l, stri
         tl.store(G + row * stride_g + cols, (scale * d * (1 - t * t)).to(G.dtype.element_ty), mask=cols < V)
 
 
-class SoftcapCrossEntropy(torch.autograd.Function):
-    BLOCK_V = 2048
-
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, cap: float, fast_tanh: bool) -> torch.Tensor:
-        T, V = logits.shape
-        lse = torch.empty(T, dtype=torch.float32, device=logits.device)
-        losses = torch.empty_like(lse)
-        _softcap_ce_forward_kernel[(T,)](logits, targets, lse, losses, V, logits.stride(0), cap,
-                                         BLOCK_V=SoftcapCrossEntropy.BLOCK_V, FAST_TANH=fast_tanh, num_warps=8)
-        ctx.save_for_backward(logits, targets, lse)
-        ctx.cap, ctx.fast_tanh = cap, fast_tanh
-        return losses.mean()
-
-    @staticmethod
-    def backward(ctx, grad_loss: torch.Tensor):
-        logits, targets, lse = ctx.saved_tensors
-        T, V = logits.shape
-        grad = torch.empty_like(logits)
-        _softcap_ce_backward_kernel[(T,)](logits, grad, targets, lse, grad_loss.contiguous(), V, logits.stride(0),
-                                          grad.stride(0), 1.0 / T, ctx.cap, BLOCK_V=SoftcapCrossEntropy.BLOCK_V,
-                                          FAST_TANH=ctx.fast_tanh, num_warps=8)
-        return grad, None, None, None
+CE_BLOCK_V = 2048  # vocabulary columns per loop iteration of the cross-entropy kernels
 
 
-@torch.compiler.disable  # opaque to the compiler anyway; a graph break keeps tracing simple
+@torch.library.custom_op("train_gpt::softcap_cross_entropy", mutates_args=())
 def softcap_cross_entropy_triton(logits: torch.Tensor, targets: torch.Tensor, cap: float,
-                                 fast_tanh: bool | None = None) -> torch.Tensor:
-    """logits: (T, V) with unit stride along V, targets: (T,) int64 -> mean softcapped cross-entropy, with a
-    backward that reads the logits once and writes their gradient once (in the logits' dtype).
-    fast_tanh (default: on CUDA while autograd records) takes the approximate tanh instruction; evaluation
-    under no_grad keeps the exact one, so validation losses carry no approximation error."""
+                                 fast_tanh: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits: (T, V) with unit stride along V, targets: (T,) int64 -> (mean softcapped cross-entropy, an fp32
+    scalar; lse: (T,) fp32, kept for the backward, which reads the logits once and writes their gradient once).
+    An op opaque to torch.compile, so the Triton kernels are called as written, without a graph break."""
+    T, V = logits.shape
+    lse = torch.empty(T, dtype=torch.float32, device=logits.device)
+    losses = torch.empty_like(lse)
+    _softcap_ce_forward_kernel[(T,)](logits, targets, lse, losses, V, logits.stride(0), cap,
+                                     BLOCK_V=CE_BLOCK_V, FAST_TANH=fast_tanh, num_warps=8)
+    return losses.mean(), lse
+
+
+@softcap_cross_entropy_triton.register_fake
+def _(logits, targets, cap, fast_tanh):
+    return logits.new_empty((), dtype=torch.float32), logits.new_empty(logits.shape[0], dtype=torch.float32)
+
+
+@torch.library.custom_op("train_gpt::softcap_cross_entropy_backward", mutates_args=())
+def softcap_cross_entropy_backward(grad_loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
+                                   lse: torch.Tensor, cap: float, fast_tanh: bool) -> torch.Tensor:
+    """-> the gradient of the logits: (T, V) in their dtype."""
+    T, V = logits.shape
+    grad = torch.empty_like(logits)
+    _softcap_ce_backward_kernel[(T,)](logits, grad, targets, lse, grad_loss.contiguous(), V, logits.stride(0),
+                                      grad.stride(0), 1.0 / T, cap, BLOCK_V=CE_BLOCK_V, FAST_TANH=fast_tanh,
+                                      num_warps=8)
+    return grad
+
+
+@softcap_cross_entropy_backward.register_fake
+def _(grad_loss, logits, targets, lse, cap, fast_tanh):
+    return torch.empty_like(logits)
+
+
+def _softcap_cross_entropy_save(ctx, inputs, output):
+    logits, targets, cap, fast_tanh = inputs
+    ctx.save_for_backward(logits, targets, output[1])
+    ctx.cap, ctx.fast_tanh = cap, fast_tanh
+
+
+def _softcap_cross_entropy_grads(ctx, grad_loss, _grad_lse):  # lse is returned only to be saved
+    return softcap_cross_entropy_backward(grad_loss, *ctx.saved_tensors, ctx.cap, ctx.fast_tanh), None, None, None
+
+
+softcap_cross_entropy_triton.register_autograd(_softcap_cross_entropy_grads,
+                                               setup_context=_softcap_cross_entropy_save)
+
+
+def softcap_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, cap: float) -> torch.Tensor:
+    """logits: (T, V), targets: (T,) int64 -> mean cross-entropy of cap·tanh(logits / cap). On CUDA the fused
+    kernels, with the approximate tanh instruction while autograd records; evaluation under no_grad keeps the
+    exact tanh, so validation losses carry no approximation error."""
+    if not on_gpu(logits):
+        return softcap_cross_entropy_torch(logits, targets, cap)
     if cap > 60:
         raise ValueError(f"logit cap {cap} > 60: exp(cap) would overflow the kernel's single fp32 pass")
-    if fast_tanh is None:
-        fast_tanh = on_gpu(logits) and torch.is_grad_enabled()
-    return SoftcapCrossEntropy.apply(logits, targets.contiguous(), cap, fast_tanh)
-
-
-@triton.jit
-def _transpose_kernel(S, D, m, n, stride_sr, stride_sc, stride_dr, stride_dc,
-                      ACCUMULATE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """S: (m, n), D: (n, m), any float dtypes: D = Sᵀ, or D += Sᵀ (summed in fp32) if ACCUMULATE. A tile goes
-    through registers, so S is read along its rows and D written along its rows."""
-    pid = tl.program_id(0)
-    blocks_n = tl.cdiv(n, BLOCK_N)
-    rows = (pid // blocks_n) * BLOCK_M + tl.arange(0, BLOCK_M)  # rows of S, columns of D
-    cols = (pid % blocks_n) * BLOCK_N + tl.arange(0, BLOCK_N)  # columns of S, rows of D
-    tile = tl.load(S + rows[:, None] * stride_sr + cols[None, :] * stride_sc,
-                   mask=(rows[:, None] < m) & (cols[None, :] < n))
-    tile = tl.trans(tile)
-    d_ptrs = D + cols[:, None] * stride_dr + rows[None, :] * stride_dc
-    d_mask = (cols[:, None] < n) & (rows[None, :] < m)
-    if ACCUMULATE:
-        tile = tile.to(tl.float32) + tl.load(d_ptrs, mask=d_mask).to(tl.float32)
-    tl.store(d_ptrs, tile.to(D.dtype.element_ty), mask=d_mask)
-
-
-def _transpose(src: torch.Tensor, dst: torch.Tensor, accumulate: bool) -> None:
-    if src.ndim != 2 or dst.shape != src.shape[::-1]:
-        raise ValueError(f"transpose kernels take src: (m, n) and dst: (n, m), got {tuple(src.shape)} "
-                         f"and {tuple(dst.shape)}")
-    m, n = src.shape
-    block_m = block_n = 64  # 16 KiB fp32 tile per program: plenty of programs in flight to saturate bandwidth
-    grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)
-    if grid[0] == 0:
-        return
-    _transpose_kernel[grid](src, dst, m, n, *src.stride(), *dst.stride(),
-                            ACCUMULATE=accumulate, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4)
-
-
-def transpose_copy_triton(src: torch.Tensor, dst: torch.Tensor) -> None:
-    """src: (m, n), dst: (n, m): dst = srcᵀ, converted to dst's dtype."""
-    _transpose(src, dst, accumulate=False)
-
-
-def transpose_add_triton(src: torch.Tensor, dst: torch.Tensor) -> None:
-    """src: (m, n), dst: (n, m): dst += srcᵀ, summed in fp32 and rounded to dst's dtype."""
-    _transpose(src, dst, accumulate=True)
-
+    return softcap_cross_entropy_triton(logits, targets.contiguous(), cap, torch.is_grad_enabled())[0]
 
 def relu_sq_mlp_torch(x: torch.Tensor, fc: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
     """x: (T, D), fc: (H, D), proj: (D, H) -> relu(x·fcᵀ)²·projᵀ: (T, D)."""
     return F.linear(F.relu(F.linear(x, fc)).square(), proj)
+
+
+def relu_sq_matmul_torch(a: torch.Tensor, b: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
+    """a: (M, K), b: (K, N) -> relu(a·b)² (h None), or (a·b)·2·sqrt(h) with h = relu(pre)²: (M, N), the gradient
+    of the pre-activation when a·b is the gradient of h; accumulated in fp32, rounded to a's dtype."""
+    c = a.float() @ b.float()
+    return (F.relu(c).square() if h is None else c * 2 * h.float().sqrt()).to(a.dtype)
 
 
 @triton.jit
@@ -370,7 +423,7 @@ def _relu_sq_matmul_kernel(a_desc, b_desc, h_desc, c_desc, M, N, K, B_TRANSPOSED
 
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for the forward and the backward epilogue: the fastest of
-# tests/bench_kernels.py's candidates on H100 at (49152, 768) x (768, 3072)
+# bench/kernels.py's candidates on H100 at (49152, 768) x (768, 3072)
 RELU_SQ_MATMUL_CONFIGS = {"forward": (128, 256, 64, 8, 3), "backward": (128, 256, 64, 8, 3)}
 
 
@@ -387,7 +440,8 @@ def _tma_matrix(t: torch.Tensor, name: str) -> torch.Tensor:
 
 def relu_sq_matmul_triton(a: torch.Tensor, b: torch.Tensor, h: torch.Tensor | None = None,
                           config: tuple | None = None) -> torch.Tensor:
-    """a: (M, K), b: (K, N), same dtype -> relu(a·b)² (h None), or (a·b)·2·sqrt(h) with h: (M, N); (M, N)."""
+    """relu_sq_matmul_torch in one persistent TMA kernel. a: (M, K), b: (K, N), same dtype, K and N multiples of
+    8 for bf16 (16-byte rows)."""
     (M, K), N = a.shape, b.shape[1]
     if b.shape[0] != K or (h is not None and h.shape != (M, N)):
         raise ValueError(f"relu_sq_matmul: shapes {tuple(a.shape)} x {tuple(b.shape)}"
@@ -398,7 +452,7 @@ def relu_sq_matmul_triton(a: torch.Tensor, b: torch.Tensor, h: torch.Tensor | No
     c = a.new_empty(M, N)
     c_desc = TensorDescriptor.from_tensor(_tma_matrix(c, "output"), [block_m, block_n // 2])
     programs = min(triton.cdiv(M, block_m) * triton.cdiv(N, block_n),
-                   torch.cuda.get_device_properties(a.device).multi_processor_count if a.is_cuda else 4)
+                   torch.cuda.get_device_properties(a.device).multi_processor_count if on_gpu(a) else 4)
     _relu_sq_matmul_kernel[(programs,)](
         TensorDescriptor.from_tensor(_tma_matrix(a, "a"), [block_m, block_k]),
         TensorDescriptor.from_tensor(b, [block_n, block_k] if b_transposed else [block_k, block_n]),
@@ -447,33 +501,8 @@ def _relu_sq_mlp_grads(ctx, dy, _dh):  # h is returned only to be saved; nothing
 relu_sq_mlp_triton.register_autograd(_relu_sq_mlp_grads, setup_context=_relu_sq_mlp_save)
 
 
-def xxt(A: torch.Tensor) -> torch.Tensor:
-    return xxt_triton(A) if on_gpu(A) else xxt_torch(A)
-
-
-def xtx(A: torch.Tensor) -> torch.Tensor:
-    return xtx_triton(A) if on_gpu(A) else xtx_torch(A)
-
-
-def ba_plus_caa(A: torch.Tensor, b: float, c: float) -> torch.Tensor:
-    return ba_plus_caa_triton(A, b, c) if on_gpu(A) else ba_plus_caa_torch(A, b, c)
-
-
-def transpose_copy(src: torch.Tensor, dst: torch.Tensor) -> None:
-    (transpose_copy_triton if on_gpu(src) else transpose_copy_torch)(src, dst)
-
-
-def transpose_add(src: torch.Tensor, dst: torch.Tensor) -> None:
-    (transpose_add_triton if on_gpu(src) else transpose_add_torch)(src, dst)
-
-
 def relu_sq_mlp(x: torch.Tensor, fc: torch.Tensor, proj: torch.Tensor, fused: bool) -> torch.Tensor:
     return relu_sq_mlp_triton(x, fc, proj)[0] if fused and on_gpu(x) else relu_sq_mlp_torch(x, fc, proj)
-
-
-def softcap_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, cap: float) -> torch.Tensor:
-    fn = softcap_cross_entropy_triton if on_gpu(logits) else softcap_cross_entropy_torch
-    return fn(logits, targets, cap)
 
 
 # ----- Optimizers -----
@@ -552,23 +581,23 @@ def _gather_rows(share: torch.Tensor, world_size: int) -> torch.Tensor:
     return full
 
 
-# Neuron axis of each NorMuon matrix in the record model: a decision about which units are neurons, made per
-# parameter, not read off the memory layout. NorMuon (Li et al. 2025, arXiv 2510.05491) equalizes the update
-# size across neurons, a neuron being one output unit with its fan-in; its second moment is the mean of u²
-# over that fan-in, so `neuron_axis` is the input axis. All four are stored (out, in), hence -1 for all, also
-# for the wide mlp.proj and the tall mlp.fc, where a shape rule (normalize the longer side) would differ.
-NEURON_AXIS = {
-    "attn.qkvo": -1,  # (4, 768, 768): rows are the q, k, v channels and the residual channels the output writes
-    "mlp.fc": -1,     # (3072, 768): rows are the ReLU² hidden units; each must keep learning, none may dominate
-    "mlp.proj": -1,   # (768, 3072): rows are residual channels; columns would be the hidden units' read-out
-    "attn.gate": -1,  # (6, 12): row h is head h's gate logit; all heads' gates move at the same rate
+# Per NorMuon matrix of the record model: (neuron_axis, lr_mul), decided per parameter, not read off the memory
+# layout. NorMuon (Li et al. 2025, arXiv 2510.05491) equalizes the update size across neurons, a neuron being
+# one output unit with its fan-in; its second moment is the mean of u² over that fan-in, so `neuron_axis` is
+# the input axis. All four are stored (out, in), hence -1 for all. lr_mul scales the group's learning rate:
+# mlp.fc moves at 2x (its 4x taller shape gave it sqrt(4) under Muon's former aspect-ratio rule).
+MATRIX_PARAMS = {
+    "attn.qkvo": (-1, 1.0),  # (4, 768, 768): q, k, v channels and the residual channels the output writes
+    "attn.gate": (-1, 1.0),  # (6, 12): row h is head h's gate logit; all heads' gates move at the same rate
+    "mlp.fc": (-1, 2.0),     # (3072, 768): rows are the ReLU² hidden units; each must keep learning
+    "mlp.proj": (-1, 1.0),   # (768, 3072): rows are residual channels
 }
 
 
 class NorMuon(torch.optim.Optimizer):
     """Nesterov momentum, Polar Express orthogonalization and NorMuon's neuron-wise second-moment
     normalization, for matrices. A param group holds params of one shape (..., m, n) (leading dims stack
-    matrices orthogonalized separately) and sets `neuron_axis` (-1 or -2, see NEURON_AXIS) and `lr_mul`.
+    matrices orthogonalized separately) and sets `neuron_axis` (-1 or -2) and `lr_mul` (see MATRIX_PARAMS).
     Its M matrices, zero-padded to a multiple of world_size, are split in contiguous shares: rank r owns
     matrices [r·k, (r+1)·k), k = ceil(M / world_size), and holds only their momentum and second moment.
     Communication: step() launches every group's gradient reduce-scatter, then processes the groups in order
@@ -606,7 +635,8 @@ class NorMuon(torch.optim.Optimizer):
         return all(present)
 
     def _reduce_scatter_grads(self, group) -> tuple:
-        """-> (this rank's (k, m, n) gradient share, its pending work or None, the buffer it reads)."""
+        """-> (this rank's (k, m, n) gradient share, its pending work or None, the stacked buffer it reads: the
+        collective reads it asynchronously, so the caller holds it until the work is waited on)."""
         grads = _stack_matrices([p.grad for p in group["params"]], self.world_size)
         if self.world_size == 1:
             return grads, None, None
@@ -619,11 +649,11 @@ class NorMuon(torch.optim.Optimizer):
         state = self.state[group["params"][0]]
         v = state["second_moment"]  # (k, m, 1) for neuron_axis=-1, (k, 1, n) for -2
         v.lerp_(u.square().mean(dim=group["neuron_axis"], keepdim=True), 1 - group["beta2"])
-        norm = u.norm(dim=(-2, -1), keepdim=True)
+        size = u.norm(dim=(-2, -1), keepdim=True)
         u = u / (v.sqrt() + group["eps"])
-        return u * (norm / u.norm(dim=(-2, -1), keepdim=True).clamp_min(1e-30))
+        return u * (size / u.norm(dim=(-2, -1), keepdim=True).clamp_min(1e-30))
 
-    def _update_share(self, group, grad: torch.Tensor, work, _buffer) -> tuple:
+    def _update_share(self, group, grad: torch.Tensor, work) -> tuple:
         """grad: this rank's (k, m, n) share -> (all matrices of the group, padded, with this rank's share
         updated; the pending all-gather that fills in the other shares, or None)."""
         M, k, m, n = self._layout(group)
@@ -641,11 +671,10 @@ class NorMuon(torch.optim.Optimizer):
 
         stacked = _stack_matrices(group["params"], self.world_size)
         p = stacked[self.rank * k:(self.rank + 1) * k]
-        lr = group["lr"] * group["lr_mul"] * max(1.0, m / n) ** 0.5
         # Cautious weight decay: decay only where the update already pulls p toward zero. It follows the lr
-        # schedule but not the per-group or shape multipliers.
+        # schedule but not the group's lr_mul.
         p.addcmul_(p, (u * p > 0).to(p.dtype), value=-group["lr"] * group["weight_decay"])
-        p.add_(u.to(p.dtype), alpha=-lr)
+        p.add_(u.to(p.dtype), alpha=-group["lr"] * group["lr_mul"])
         if self.world_size == 1:
             return stacked, None
         full = torch.empty_like(stacked)
@@ -654,8 +683,8 @@ class NorMuon(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self):
         groups = [g for g in self.param_groups if self._has_grads(g)]
-        grads = [self._reduce_scatter_grads(g) for g in groups]  # all groups in flight before the first update
-        gathers = [self._update_share(g, *share) for g, share in zip(groups, grads)]
+        in_flight = [self._reduce_scatter_grads(g) for g in groups]  # all groups before the first update
+        gathers = [self._update_share(g, share, work) for g, (share, work, _) in zip(groups, in_flight)]
         for group, (full, work) in zip(groups, gathers):
             if work is not None:
                 work.wait()
@@ -699,13 +728,15 @@ class DistAdam(torch.optim.Optimizer):
     Communication: each param's gradient reduce-scatter starts from its post-accumulate-grad hook during
     backward, if grad_sync_enabled (groups with overlap=False, and grads whose hook found it off, start theirs
     in step()); step() waits for each, updates this rank's shard and starts the parameter all-gather, and
-    waits for all gathers at its end. Optional per-group `lr_mul` (default 1) scales the group's lr."""
+    waits for all gathers at its end. Every group sets its `lr`; an optional `lr_mul` (default 1) scales it."""
 
-    def __init__(self, param_groups, lr, betas=(0.8, 0.95), eps=1e-10, weight_decay=0.0, rank=0, world_size=1):
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, lr_mul=1.0, overlap=True,
-                        label=None)
+    def __init__(self, param_groups, betas=(0.8, 0.95), eps=1e-10, weight_decay=0.0, rank=0, world_size=1):
+        defaults = dict(betas=betas, eps=eps, weight_decay=weight_decay, lr_mul=1.0, overlap=True, label=None)
         super().__init__(param_groups, defaults)
         _check_world(rank, world_size)
+        for i, group in enumerate(self.param_groups):
+            if "lr" not in group:
+                raise ValueError(f"DistAdam {group['label'] or f'group {i}'}: param group must set lr")
         self.rank, self.world_size = rank, world_size
         self.grad_sync_enabled = True  # the loop turns it off on all but the last micro-step of accumulation
         self._grads_in_flight = {}  # param -> (gradient shard, pending work, the buffer it reads)
@@ -719,14 +750,15 @@ class DistAdam(torch.optim.Optimizer):
             self._grads_in_flight[p] = self._reduce_scatter_grad(p)  # a later backward's launch replaces it
 
     def _reduce_scatter_grad(self, p: torch.Tensor) -> tuple:
-        """-> (this rank's flat gradient shard, its pending work or None, the buffer it reads)."""
+        """-> (this rank's flat gradient shard, its pending work or None, the padded buffer it reads: the
+        collective reads it asynchronously, so it is held until the work is waited on)."""
         if self.world_size == 1:
             return p.grad.reshape(-1), None, None
         grad = _pad_flat(p.grad, self.world_size)
         shard = grad.new_empty(grad.numel() // self.world_size)
         return shard, dist.reduce_scatter_tensor(shard, grad, op=dist.ReduceOp.SUM, async_op=True), grad
 
-    def _update_shard(self, group, p: torch.Tensor, grad: torch.Tensor, work, _buffer) -> tuple:
+    def _update_shard(self, group, p: torch.Tensor, grad: torch.Tensor, work) -> tuple:
         """grad: this rank's flat shard -> (p flat and padded, this rank's shard updated; the pending
         all-gather that fills in the other shards, or None)."""
         if work is not None:
@@ -759,7 +791,8 @@ class DistAdam(torch.optim.Optimizer):
         for _, p in todo:
             if p not in self._grads_in_flight:
                 self._grads_in_flight[p] = self._reduce_scatter_grad(p)
-        gathers = [self._update_shard(g, p, *self._grads_in_flight.pop(p)) for g, p in todo]
+        in_flight = [self._grads_in_flight.pop(p) for _, p in todo]  # held until step() returns
+        gathers = [self._update_shard(g, p, share, work) for (g, p), (share, work, _) in zip(todo, in_flight)]
         for (_, p), (full, work) in zip(todo, gathers):
             if work is not None:
                 work.wait()
@@ -984,7 +1017,7 @@ class GPT(nn.Module):
 
 # ----- Data -----
 
-SHARD_MAGIC = 20240520  # BOS_ID (50256, before every document) is defined with the model, which needs it first
+SHARD_MAGIC = 20240520  # the FineWeb shard format's header: magic, version, token count
 SHARD_VERSION = 1
 HEADER_INTS = 256  # little-endian int32: magic, version, token count, then zeros; uint16 tokens follow
 GET_DATA = ("`python data/cached_fineweb10B.py 9` downloads FineWeb; "
@@ -1041,18 +1074,16 @@ class TokenStream:
 
 class TrainLoader:
     """Every step cuts num_slices slices of seq_len (+1 for the targets) from one token stream, the same cut for
-    any world size; rank r owns slices r*k .. r*k+k-1, k = num_slices // world_size (gradient accumulation)."""
+    any world size; rank r owns slices r*k .. r*k+k-1, k = num_slices // world_size (gradient accumulation;
+    check_world_size has made sure world_size divides num_slices)."""
 
     def __init__(self, pattern: str, rank: int, world_size: int, num_slices: int = 8, align_to_bos: bool = True,
                  device=torch.device("cpu")):
-        if num_slices % world_size:
-            raise ValueError(f"world size {world_size} must divide num_slices {num_slices}: every step consumes "
-                             f"{num_slices} slices, split evenly over the ranks")
         self.files = find_shards(pattern)
         self.pattern, self.rank, self.num_slices, self.align_to_bos = pattern, rank, num_slices, align_to_bos
         self.slices_per_rank = num_slices // world_size
         self.device = torch.device(device)
-        self.prefetch = self.device.type == "cuda"  # overlap loading with compute; tests turn it on for CPU
+        self.prefetch = on_gpu(self.device)  # overlap loading with compute; tests turn it on for CPU
         self.pending = None  # (seq_len, future of the next step's (slices, stream))
         self.worker = ThreadPoolExecutor(max_workers=1)
         self.load_state_dict({"position": 0})
@@ -1106,8 +1137,7 @@ class TrainLoader:
 
     def cut_step(self, s: TokenStream, seq_len: int) -> tuple[torch.Tensor, TokenStream]:
         """-> this rank's slices (slices_per_rank, seq_len + 1) int32 on the host, pinned for CUDA; the new stream."""
-        own = torch.empty(self.slices_per_rank, seq_len + 1, dtype=torch.int32,
-                          pin_memory=self.device.type == "cuda")
+        own = torch.empty(self.slices_per_rank, seq_len + 1, dtype=torch.int32, pin_memory=on_gpu(self.device))
         for i in range(self.num_slices):
             tokens, s = self.cut_slice(s, seq_len)
             if i // self.slices_per_rank == self.rank:
@@ -1131,13 +1161,9 @@ class TrainLoader:
 
 def val_batches(pattern: str, val_tokens: int, val_seq_len: int, rank: int, world_size: int, device):
     """-> iterator of (inputs int32, targets int64), each (val_seq_len,): sequences rank, rank + world_size, ... of
-    the first val_tokens (+1) tokens of the validation shards, so all ranks together always see the same tokens."""
-    if val_tokens % val_seq_len:
-        raise ValueError(f"--val_tokens={val_tokens} must be a multiple of --val_seq_len={val_seq_len}")
+    the first val_tokens (+1) tokens of the validation shards, so all ranks together always see the same tokens
+    (check_world_size has made sure the world size divides val_tokens // val_seq_len)."""
     n_seqs = val_tokens // val_seq_len
-    if n_seqs % world_size:
-        raise ValueError(f"--val_tokens={val_tokens} / --val_seq_len={val_seq_len} = {n_seqs} sequences, "
-                         f"not a multiple of the world size {world_size}")
     files, shards = find_shards(pattern), []
     for path in files:
         if sum(map(len, shards)) > val_tokens:
@@ -1214,8 +1240,6 @@ class Hyperparameters:
     resume: str = ""
     bench_steps: int = 0  # > 0: time this many steps at the final batch size on synthetic data, print a table, exit
     bench_trace: str = ""  # with --bench_steps: profile 3 steps, print their kernels, write the trace here
-    preset: str = "record"
-
     def __post_init__(self):
         def require(ok: bool, flag: str, why: str):
             if not ok:
@@ -1266,28 +1290,36 @@ def parse_value(flag: str, text: str, kind):
 
 
 def parse_args(argv: list[str]) -> Hyperparameters:
-    """`--name=value` for any Hyperparameters field; `--preset=tiny` picks the starting values."""
+    """`--name=value` for any Hyperparameters field; `--preset=NAME` (one of PRESETS) picks the starting values."""
     fields = {f.name: f.type for f in dataclasses.fields(Hyperparameters)}
-    overrides = {}
+    preset, overrides = "record", {}
     for arg in argv:
         name, eq, text = arg.removeprefix("--").partition("=")
         if not arg.startswith("--") or not eq:
             raise ValueError(f"argument {arg!r}: expected --name=value")
-        if name not in fields:
-            raise ValueError(f"unknown flag --{name}; known flags: {', '.join('--' + n for n in fields)}")
-        overrides[name] = parse_value(name, text, fields[name])
-    preset = overrides.get("preset", "record")
+        if name == "preset":
+            preset = text
+        elif name in fields:
+            overrides[name] = parse_value(name, text, fields[name])
+        else:
+            raise ValueError(f"unknown flag --{name}; known flags: --preset, {', '.join('--' + n for n in fields)}")
     if preset not in PRESETS:
         raise ValueError(f"--preset={preset}: expected one of {', '.join(PRESETS)}")
     return Hyperparameters(**{**PRESETS[preset], **overrides})
 
 
+def check_world_size(hp: Hyperparameters, world_size: int) -> None:
+    """The world size enters here, once: each step's slices and the validation sequences split evenly over it."""
+    if hp.slices_per_step % world_size:
+        raise ValueError(f"world size {world_size} does not fit: a step is --slices_per_step={hp.slices_per_step} "
+                         f"slices, which must split evenly over the ranks (use 1, 2, 4 or 8 GPUs)")
+    val_seqs = hp.val_tokens // hp.val_seq_len
+    if val_seqs % world_size:
+        raise ValueError(f"world size {world_size} does not fit: --val_tokens={hp.val_tokens} / "
+                         f"--val_seq_len={hp.val_seq_len} = {val_seqs} sequences, which must split evenly over the ranks")
 
-# ----- Training -----
 
-
-class NonFiniteLoss(RuntimeError):
-    pass
+# ----- Logging -----
 
 
 class Logger:
@@ -1338,7 +1370,7 @@ def log_environment(log: Logger, hp: Hyperparameters, world_size: int, device: t
     log(f"torch:{torch.__version__}")
     log(f"triton:{triton.__version__}")
     log(f"cuda:{torch.version.cuda or 'none'}")
-    log(f"gpu:{f'{world_size}x {torch.cuda.get_device_name(device)}' if device.type == 'cuda' else 'cpu'}")
+    log(f"gpu:{f'{world_size}x {torch.cuda.get_device_name(device)}' if on_gpu(device) else 'cpu'}")
     log(f"world_size:{world_size}")
     try:
         smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=30).stdout
@@ -1351,35 +1383,22 @@ def log_environment(log: Logger, hp: Hyperparameters, world_size: int, device: t
         log(f"hparam:{field.name}={getattr(hp, field.name)}", console=False)
 
 
-def build_optimizers(model: GPT, hp: Hyperparameters, rank: int, world_size: int) -> list[torch.optim.Optimizer]:
-    blocks = model.blocks
-    muon_groups = [dict(params=[getattr_path(b, label) for b in blocks], label=label, lr=hp.muon_lr,
-                        initial_lr=hp.muon_lr, neuron_axis=NEURON_AXIS[label], lr_mul=1.0)
-                   for label in ("attn.qkvo", "attn.gate", "mlp.fc", "mlp.proj")]
-    scalars = [model.skip_gates] + [p for b in blocks for p in (b.residual_mix, b.attn.value_mix)]
-    # The embedding and the LM head communicate in step(), not from hooks: while tied, their gradients are
-    # combined after backward (GPT.tie_gradients).
-    adam_groups = [dict(params=[model.lm_head], lr=hp.adam_head_lr, overlap=False),
-                   dict(params=[model.embed.weight], lr=hp.adam_embed_lr, overlap=False),
-                   dict(params=[ve.weight for ve in model.value_embeds], lr=hp.adam_embed_lr),
-                   dict(params=scalars, lr=hp.adam_scalar_lr)]
-    for group in adam_groups:
-        group["initial_lr"] = group["lr"]
-    grouped = [p for g in muon_groups + adam_groups for p in g["params"]]
-    assert len(grouped) == len(set(grouped)) == len(list(model.parameters())), "each parameter in one group"
-    return [NorMuon(muon_groups, lr=hp.muon_lr, momentum=hp.muon_momentum, beta2=hp.muon_beta2,
-                    weight_decay=hp.muon_weight_decay, rank=rank, world_size=world_size),
-            DistAdam(adam_groups, lr=hp.adam_scalar_lr, betas=(hp.adam_beta1, hp.adam_beta2), eps=1e-10,
-                     rank=rank, world_size=world_size)]
+def peak_memory_mib(device) -> int:
+    if on_gpu(device):
+        return torch.cuda.max_memory_allocated(device) // 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 
 
-def getattr_path(obj, path: str):
-    for name in path.split("."):
-        obj = getattr(obj, name)
-    return obj
+def synchronize(device) -> None:
+    if on_gpu(device):
+        torch.cuda.synchronize(device)
 
 
-def lr_multiplier(step: int, hp: Hyperparameters) -> float:
+# ----- Schedules -----
+
+
+def lr_scale(step: int, hp: Hyperparameters) -> float:
+    """The factor on every group's initial lr: warm-up, flat, then linear to final_lr_frac over the cooldown."""
     if step < hp.lr_warmup_steps:
         return (step + 1) / hp.lr_warmup_steps
     cooldown_start = 1 - hp.cooldown_frac
@@ -1389,7 +1408,7 @@ def lr_multiplier(step: int, hp: Hyperparameters) -> float:
     return 1.0 + (hp.final_lr_frac - 1.0) * (progress - cooldown_start) / hp.cooldown_frac
 
 
-def muon_momentum(step: int, hp: Hyperparameters) -> float:
+def momentum_at(step: int, hp: Hyperparameters) -> float:
     frac = min(step / hp.momentum_warmup_steps, 1.0) if hp.momentum_warmup_steps else 1.0
     return (1 - frac) * hp.muon_momentum_start + frac * hp.muon_momentum
 
@@ -1410,13 +1429,49 @@ def window_tensors(step: int, hp: Hyperparameters, device) -> dict[str, torch.Te
     return {kind: window_tensor(w, device) for kind, w in windows_at(step, hp).items()}
 
 
+def untie_step(hp: Hyperparameters) -> int:
+    """The first step at which the embedding and the LM head are trained as two matrices."""
+    return int(hp.untie_frac * hp.num_iterations)
+
+
 def set_schedules(optimizers, step: int, hp: Hyperparameters) -> None:
-    lr_mul, momentum = lr_multiplier(step, hp), muon_momentum(step, hp)
+    scale, momentum = lr_scale(step, hp), momentum_at(step, hp)
     for opt in optimizers:
         for group in opt.param_groups:
-            group["lr"] = group["initial_lr"] * lr_mul
+            group["lr"] = group["initial_lr"] * scale
             if "momentum" in group:
                 group["momentum"] = momentum
+
+
+# ----- Training step -----
+
+
+def getattr_path(obj, path: str):
+    for name in path.split("."):
+        obj = getattr(obj, name)
+    return obj
+
+
+def build_optimizers(model: GPT, hp: Hyperparameters, rank: int, world_size: int) -> list[torch.optim.Optimizer]:
+    blocks = model.blocks
+    muon_groups = [dict(params=[getattr_path(b, label) for b in blocks], label=label, lr=hp.muon_lr,
+                        initial_lr=hp.muon_lr, neuron_axis=neuron_axis, lr_mul=lr_mul)
+                   for label, (neuron_axis, lr_mul) in MATRIX_PARAMS.items()]
+    scalars = [model.skip_gates] + [p for b in blocks for p in (b.residual_mix, b.attn.value_mix)]
+    # The embedding and the LM head communicate in step(), not from hooks: while tied, their gradients are
+    # combined after backward (GPT.tie_gradients).
+    adam_groups = [dict(params=[model.lm_head], lr=hp.adam_head_lr, overlap=False, label="lm_head"),
+                   dict(params=[model.embed.weight], lr=hp.adam_embed_lr, overlap=False, label="embed"),
+                   dict(params=[ve.weight for ve in model.value_embeds], lr=hp.adam_embed_lr, label="value_embeds"),
+                   dict(params=scalars, lr=hp.adam_scalar_lr, label="scalars")]
+    for group in adam_groups:
+        group["initial_lr"] = group["lr"]
+    grouped = [p for g in muon_groups + adam_groups for p in g["params"]]
+    assert len(grouped) == len(set(grouped)) == len(list(model.parameters())), "each parameter in one group"
+    return [NorMuon(muon_groups, lr=hp.muon_lr, momentum=hp.muon_momentum, beta2=hp.muon_beta2,
+                    weight_decay=hp.muon_weight_decay, rank=rank, world_size=world_size),
+            DistAdam(adam_groups, betas=(hp.adam_beta1, hp.adam_beta2), eps=1e-10, rank=rank,
+                     world_size=world_size)]
 
 
 def set_grad_sync(optimizers, enabled: bool) -> None:
@@ -1425,22 +1480,46 @@ def set_grad_sync(optimizers, enabled: bool) -> None:
         opt.grad_sync_enabled = enabled
 
 
-def train_step(model: GPT, forward, optimizers, batches, step: int, hp: Hyperparameters, world_size: int):
-    """One optimizer step over this rank's slices (len(batches) = gradient-accumulation micro-steps).
-    Returns the mean training loss over all slices of all ranks, as a tensor (no host sync)."""
+def no_phases(name: str):
+    return contextlib.nullcontext()
+
+
+class PhaseTimer:
+    """Device-synchronized wall time per phase of a step, summed over calls: the benchmark's breakdown."""
+
+    def __init__(self, device):
+        self.device, self.ms = device, {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        synchronize(self.device)
+        t0 = time.perf_counter()
+        yield
+        synchronize(self.device)
+        self.ms[name] = self.ms.get(name, 0.0) + 1000 * (time.perf_counter() - t0)
+
+
+def train_step(model: GPT, forward, optimizers, batches, step: int, hp: Hyperparameters, world_size: int,
+               phase=no_phases) -> torch.Tensor:
+    """One optimizer step over this rank's slices (len(batches) = gradient-accumulation micro-steps), the one
+    used by training, warm-up and the benchmark (which times its phases). Returns the mean training loss over all
+    slices of all ranks, as a tensor (no host sync)."""
     windows = window_tensors(step, hp, batches[0][0].device)
     total = torch.zeros((), device=batches[0][0].device)
     for i, (inputs, targets) in enumerate(batches):
         set_grad_sync(optimizers, i == len(batches) - 1)
-        loss = forward(inputs, targets, windows)
-        (loss / len(batches)).backward()
+        with phase("forward"):
+            loss = forward(inputs, targets, windows)
+        with phase("backward"):
+            (loss / len(batches)).backward()
         total += loss.detach() / len(batches)
-    model.tie_gradients()
-    set_schedules(optimizers, step, hp)
-    for opt in optimizers:
-        opt.step()
-    model.zero_grad(set_to_none=True)
-    model.tie_weights()
+    with phase("optimizer"):
+        model.tie_gradients()
+        set_schedules(optimizers, step, hp)
+        for opt in optimizers:
+            opt.step()
+        model.zero_grad(set_to_none=True)
+        model.tie_weights()
     if world_size > 1:
         dist.all_reduce(total)
     return total / world_size
@@ -1489,9 +1568,12 @@ def warmup_kernels(model: GPT, forward, optimizers, hp: Hyperparameters, rank: i
     model.tied = True
 
 
+# ----- Benchmark -----
+
+
 def matmul_tflops(device) -> float:
     """The measured bf16 matmul rate (an 8192³ product, random data), the ceiling that MFU is relative to."""
-    if device.type != "cuda":
+    if not on_gpu(device):
         return float("nan")
     a, b = torch.randn(2, 8192, 8192, device=device, dtype=torch.bfloat16).unbind(0)
     for _ in range(3):
@@ -1532,39 +1614,25 @@ def timed(device, fn) -> float:
     return 1000 * (time.perf_counter() - t0)
 
 
-def benchmark(model: GPT, forward, optimizers, hp: Hyperparameters, rank: int, world_size: int, device, log):
+def benchmark(model: GPT, forward, optimizers, hp: Hyperparameters, world_size: int, device, log: Logger):
     """Full training steps at the final batch size on synthetic documents: ms per step, tokens/s, MFU against
     the measured matmul rate, peak memory, and where the time goes."""
     step = hp.num_iterations - 1  # the final stage: largest batch and windows
     seq_len, accum = seq_len_at(step, hp), hp.slices_per_step // world_size
     batches = [dummy_batches(seq_len, accum, device, seed=i) for i in range(hp.bench_steps)]
-    if device.type == "cuda":
+    if on_gpu(device):
         torch.cuda.reset_peak_memory_stats(device)
     step_ms = [timed(device, lambda b=b: train_step(model, forward, optimizers, b, step, hp, world_size))
                for b in batches]
     median, lo, hi = sorted(step_ms)[len(step_ms) // 2], min(step_ms), max(step_ms)
-    phases = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
-    windows = window_tensors(step, hp, device)
-    for inputs, targets in batches[0]:
-        set_grad_sync(optimizers, True)
-        loss = None
-
-        def run_forward():
-            nonlocal loss
-            loss = forward(inputs, targets, windows)
-
-        phases["forward"] += timed(device, run_forward)
-        phases["backward"] += timed(device, lambda: (loss / accum).backward())
-    model.tie_gradients()
-    phases["optimizer"] += timed(device, lambda: [opt.step() for opt in optimizers])
-    model.zero_grad(set_to_none=True)
-    model.tie_weights()
+    phases = PhaseTimer(device)
+    train_step(model, forward, optimizers, batches[0], step, hp, world_size, phase=phases)
     matmul, attention = flops_per_token(model, batches[0][0][0], windows_at(step, hp))
     tokens = hp.slices_per_step * seq_len
     peak = matmul_tflops(device)
     achieved = (matmul + attention) * tokens / (median / 1000) / 1e12
-    total = sum(phases.values())
-    log(f"info:bench device:{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'} "
+    total = sum(phases.ms.values())
+    log(f"info:bench device:{torch.cuda.get_device_name(device) if on_gpu(device) else 'cpu'} "
         f"world_size:{world_size} accumulation:{accum} tokens_per_step:{tokens} seq_len:{seq_len} steps:{len(step_ms)}")
     log(f"info:bench step_ms_median:{median:.1f} step_ms_min:{lo:.1f} step_ms_max:{hi:.1f} "
         f"tokens_per_s:{tokens / (median / 1000):.0f} tokens_per_s_per_gpu:{tokens / (median / 1000) / world_size:.0f}")
@@ -1572,7 +1640,7 @@ def benchmark(model: GPT, forward, optimizers, hp: Hyperparameters, rank: int, w
         f"+ attention {attention / 1e6:.1f}M")
     log(f"info:bench achieved_tflops_per_gpu:{achieved / world_size:.1f} matmul_peak_tflops:{peak:.1f} "
         f"mfu:{100 * achieved / world_size / peak:.1f}% peak_memory:{peak_memory_mib(device)}MiB")
-    log("info:bench share " + " ".join(f"{k}:{100 * v / total:.1f}%({v:.1f}ms)" for k, v in phases.items()))
+    log("info:bench share " + " ".join(f"{k}:{100 * v / total:.1f}%({v:.1f}ms)" for k, v in phases.ms.items()))
     if hp.bench_trace:
         profiled = min(3, len(batches))
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
@@ -1592,7 +1660,14 @@ def benchmark(model: GPT, forward, optimizers, hp: Hyperparameters, rank: int, w
             log(f"info:profile {ms:8.2f}ms {100 * ms / busy:5.1f}% calls:{e.count // profiled:<5} {e.key[:100]}")
 
 
-def save_checkpoint(path: Path, model: GPT, optimizers, loader, step: int, hp: Hyperparameters, rank: int):
+# ----- Training -----
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def write_checkpoint(path: Path, model: GPT, optimizers, loader, step: int, hp: Hyperparameters, rank: int):
     optimizer_states = [opt.state_dict() for opt in optimizers]  # collective: every rank takes part
     if rank == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -1612,39 +1687,39 @@ def load_checkpoint(path: str, model: GPT, optimizers, loader) -> int:
     return ckpt["step"]
 
 
-def peak_memory_mib(device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) // 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
-
-
-def synchronize(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def check_loss(loss: torch.Tensor, step: int) -> float:
+    """The host value of a step's training loss; raises if it is not finite."""
+    value = loss.item()
+    if not math.isfinite(value):
+        raise NonFiniteLoss(f"non-finite training loss {value} at step {step}")
+    return value
 
 
 def train(hp: Hyperparameters, rank: int, world_size: int, device: torch.device, log: Logger) -> float:
-    if hp.slices_per_step % world_size:
-        raise ValueError(f"world size {world_size} does not fit: a step is --slices_per_step={hp.slices_per_step} "
-                         f"slices, which must split evenly over the ranks (use 1, 2, 4 or 8 GPUs)")
     torch.manual_seed(hp.seed)
     model = GPT(hp).to(device)
-    forward = torch.compile(model, dynamic=False) if device.type == "cuda" and hp.compile else model
+    forward = torch.compile(model, dynamic=False) if on_gpu(device) and hp.compile else model
     optimizers = build_optimizers(model, hp, rank, world_size)
     if hp.bench_steps:
         warmup_kernels(model, forward, optimizers, hp, rank, world_size, device, log)
-        benchmark(model, forward, optimizers, hp, rank, world_size, device, log)
+        benchmark(model, forward, optimizers, hp, world_size, device, log)
         return float("nan")
     loader = TrainLoader(hp.train_files, rank, world_size, hp.slices_per_step, hp.align_to_bos, device)
     warmup_kernels(model, forward, optimizers, hp, rank, world_size, device, log)
     start_step = load_checkpoint(hp.resume, model, optimizers, loader) if hp.resume else 0
-    untie_step = int(hp.untie_frac * hp.num_iterations)
-    train_time_ms, tokens_seen, pending_loss = 0.0, 0, None
+    train_time_ms, tokens_seen, epoch = 0.0, 0, loader.epoch
+    pending = None  # (step, loss tensor, train_time_ms) of the step whose line is not written yet
     synchronize(device)
     t0 = time.perf_counter()
     step = start_step
     while True:
         last = step == hp.num_iterations
+        if pending is not None and (last or (hp.val_every and step % hp.val_every == 0)):
+            # A validation step waits for the GPU anyway: write the line of the step just taken first.
+            done, loss, ms = pending
+            log(f"step:{done}/{hp.num_iterations} train_loss:{check_loss(loss, done):.4f} train_time:{ms:.0f}ms "
+                f"step_avg:{ms / (done - start_step):.2f}ms")
+            pending = None
         if last or (hp.val_every and step % hp.val_every == 0):
             synchronize(device)
             train_time_ms += 1000 * (time.perf_counter() - t0)
@@ -1658,31 +1733,31 @@ def train(hp: Hyperparameters, rank: int, world_size: int, device: torch.device,
             t0 = time.perf_counter()
         if last:
             break
-        if step >= untie_step:
+        if step >= untie_step(hp):
             model.tied = False
         seq_len = seq_len_at(step, hp)
         loss = train_step(model, forward, optimizers, loader.next_batch(seq_len), step, hp, world_size)
-        if pending_loss is not None and not math.isfinite(pending_loss.item()):  # last step's: no stall
-            raise NonFiniteLoss(f"non-finite training loss {pending_loss.item()} at step {step}")
-        pending_loss = loss
+        if loader.epoch != epoch:
+            epoch = loader.epoch
+            log(f"info:data wrapped around: step {step + 1} starts pass {epoch + 1} over {hp.train_files}")
+        if pending is not None:  # the previous step's loss is ready by now: reading it does not stall the GPU
+            done, prev_loss, ms = pending
+            log(f"step:{done}/{hp.num_iterations} train_loss:{check_loss(prev_loss, done):.4f} train_time:{ms:.0f}ms "
+                f"step_avg:{ms / (done - start_step):.2f}ms")
         tokens_seen += hp.slices_per_step * seq_len
         step += 1
-        step_ms = train_time_ms + 1000 * (time.perf_counter() - t0)
-        log(f"step:{step}/{hp.num_iterations} train_time:{step_ms:.0f}ms "
-            f"step_avg:{step_ms / (step - start_step):.2f}ms")
+        pending = (step, loss, train_time_ms + 1000 * (time.perf_counter() - t0))
         if hp.save_every and step % hp.save_every == 0 and step < hp.num_iterations:
             synchronize(device)
             train_time_ms += 1000 * (time.perf_counter() - t0)
-            save_checkpoint(Path(hp.checkpoint_dir) / f"{hp.run_id}_step{step}.pt", model, optimizers, loader,
-                            step, hp, rank)
+            write_checkpoint(Path(hp.checkpoint_dir) / f"{hp.run_id}_step{step}.pt", model, optimizers, loader,
+                             step, hp, rank)
             t0 = time.perf_counter()
-    if pending_loss is not None and not math.isfinite(pending_loss.item()):
-        raise NonFiniteLoss(f"non-finite training loss {pending_loss.item()} at step {step}")
     log(f"final_val_loss:{val_loss:.4f} train_time:{train_time_ms:.0f}ms steps:{step} "
         f"peak_memory:{peak_memory_mib(device)}MiB tokens_seen:{tokens_seen}")
     if hp.save_checkpoint:
-        save_checkpoint(Path(hp.checkpoint_dir) / f"{hp.run_id}_final.pt", model, optimizers, loader, step, hp,
-                        rank)
+        write_checkpoint(Path(hp.checkpoint_dir) / f"{hp.run_id}_final.pt", model, optimizers, loader, step, hp,
+                         rank)
     return val_loss
 
 
@@ -1699,6 +1774,7 @@ def main(argv: list[str]) -> int:
     log_source(log)
     log_environment(log, hp, world_size, device)
     try:
+        check_world_size(hp, world_size)
         train(hp, rank, world_size, device, log)
         return 0
     except (NonFiniteLoss, ValueError, FileNotFoundError) as e:

@@ -4,6 +4,7 @@ import os
 import types
 
 import numpy as np
+
 import pytest
 import torch
 import triton.language as tl
@@ -154,10 +155,10 @@ def test_transposes_match_torch_on_gpu(src_dtype, dst_dtype):
 
 
 def check_softcap_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, cap: float = 15.0,
-                                fast_tanh: bool = False, loss_tol: float = 1e-4):
+                                fast_tanh: bool = False, loss_tol: float = 1e-4, op=None):
     """Loss and gradient of the Triton pair against autograd through the torch definition, in fp64."""
     x = logits.clone().requires_grad_()
-    loss = T.softcap_cross_entropy_triton(x, targets, cap, fast_tanh)
+    loss = (op or T.softcap_cross_entropy_triton)(x, targets, cap, fast_tanh)[0]
     (3.0 * loss).backward()  # a non-unit upstream gradient
     ref_x = logits.double().requires_grad_()
     ref = T.softcap_cross_entropy_torch(ref_x, targets, cap)
@@ -169,14 +170,23 @@ def check_softcap_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, cap
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_softcap_cross_entropy_matches_torch(dtype, monkeypatch):
-    monkeypatch.setattr(T.SoftcapCrossEntropy, "BLOCK_V", 64)  # 300 = 4 full blocks and a ragged one
+    monkeypatch.setattr(T, "CE_BLOCK_V", 64)  # 300 = 4 full blocks and a ragged one
     logits = (torch.randn(37, 300) * 20).to(dtype)  # large logits: the cap matters
     check_softcap_cross_entropy(logits, torch.randint(0, 300, (37,)))
 
 
-def test_softcap_cross_entropy_rejects_a_cap_that_could_overflow():
+def test_softcap_cross_entropy_traces_under_torch_compile_without_a_graph_break(monkeypatch):
+    """The op's fake and autograd registrations: one whole graph calls it and its backward, same numbers."""
+    monkeypatch.setattr(T, "CE_BLOCK_V", 64)
+    compiled = torch.compile(lambda *a: [x * 1.0 for x in T.softcap_cross_entropy_triton(*a)], backend="aot_eager",
+                             fullgraph=True)
+    check_softcap_cross_entropy(torch.randn(19, 130) * 20, torch.randint(0, 130, (19,)), op=compiled)
+
+
+def test_softcap_cross_entropy_rejects_a_cap_that_could_overflow(monkeypatch):
+    monkeypatch.setattr(T, "on_gpu", lambda x: True)
     with pytest.raises(ValueError, match="logit cap 100"):
-        T.softcap_cross_entropy_triton(torch.randn(2, 8), torch.zeros(2, dtype=torch.long), 100.0)
+        T.softcap_cross_entropy(torch.randn(2, 8), torch.zeros(2, dtype=torch.long), 100.0)
 
 
 @pytest.mark.gpu
@@ -189,15 +199,16 @@ def test_softcap_cross_entropy_matches_torch_on_gpu(fast_tanh):
 
 
 def test_softcap_cross_entropy_is_exact_when_evaluating(monkeypatch):
-    """The default takes the tanh instruction only for CUDA logits under autograd: never for evaluation."""
+    """The dispatcher takes the tanh instruction only for CUDA logits under autograd: never for evaluation."""
     seen = []
-    monkeypatch.setattr(T.SoftcapCrossEntropy, "apply", lambda *args: seen.append(args[-1]))
+    monkeypatch.setattr(T, "softcap_cross_entropy_triton", lambda *args: seen.append(args[-1]) or (0.0, None))
     targets = torch.zeros(4, dtype=torch.long)
-    for logits in (types.SimpleNamespace(is_cuda=True), torch.randn(4, 8)):  # the first stands in for CUDA
-        T.softcap_cross_entropy_triton(logits, targets, 15.0)
+    for cuda in (True, False):
+        monkeypatch.setattr(T, "on_gpu", lambda x: cuda)
+        T.softcap_cross_entropy(torch.randn(4, 8), targets, 15.0)
         with torch.no_grad():
-            T.softcap_cross_entropy_triton(logits, targets, 15.0)
-    assert seen == [True, False, False, False]
+            T.softcap_cross_entropy(torch.randn(4, 8), targets, 15.0)
+    assert seen == [True, False]  # on CPU the torch definition runs
 
 
 RELU_SQ_SMALL_TILES = {"forward": (16, 32, 16, 4, 2), "backward": (32, 16, 16, 4, 2)}  # several blocks, ragged edges
@@ -242,8 +253,8 @@ def test_relu_sq_matmul_rejects_rows_tma_cannot_copy():
 
 def check_relu_sq_matmul(a: torch.Tensor, b: torch.Tensor, h: torch.Tensor, config=None):
     """Both epilogues of the kernel against their torch definitions, fp32."""
-    assert rel_err(T.relu_sq_matmul_triton(a, b, config=config), torch.relu(a @ b).square()) < 1e-5
-    assert rel_err(T.relu_sq_matmul_triton(a, b, h, config=config), (a @ b) * 2 * h.sqrt()) < 1e-5
+    assert rel_err(T.relu_sq_matmul_triton(a, b, config=config), T.relu_sq_matmul_torch(a, b)) < 1e-5
+    assert rel_err(T.relu_sq_matmul_triton(a, b, h, config=config), T.relu_sq_matmul_torch(a, b, h)) < 1e-5
 
 
 def test_relu_sq_matmul_covers_every_tile_when_the_last_row_group_is_short():
@@ -272,7 +283,8 @@ def test_mlp_module_takes_the_fused_op_when_asked(monkeypatch):
     calls = []
     fused_op = T.relu_sq_mlp_triton
     monkeypatch.setattr(T, "relu_sq_mlp_triton", lambda *a: calls.append(a[0].shape) or fused_op(*a))
-    monkeypatch.setattr(T, "on_gpu", lambda t: True)
+    monkeypatch.setattr(T, "on_gpu", lambda x: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: types.SimpleNamespace(multi_processor_count=4))
     torch.manual_seed(0)
     plain, fused = T.MLP(16, 64, fused=False), T.MLP(16, 64, fused=True)
     plain.proj.data.normal_()  # zero at init, which would hide the fc gradient

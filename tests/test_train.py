@@ -48,9 +48,9 @@ def test_log_starts_with_exact_source_and_its_sha256(shards, tmp_path):
     header = f"==== train_gpt.py source begin sha256:{hashlib.sha256(source).hexdigest()} bytes:{len(source)} ====\n"
     assert data.startswith(header.encode() + source + b"\n==== train_gpt.py source end ====\n")
     text = data.decode()
-    for key in ("run_id:src", "world_size:1", "gpu:cpu", "hparam:num_iterations=2", "hparam:preset=tiny"):
+    for key in ("run_id:src", "world_size:1", "gpu:cpu", "hparam:num_iterations=2", "hparam:model_dim=64"):
         assert f"\n{key}\n" in text
-    assert re.search(r"^step:2/2 train_time:\d+ms step_avg:[\d.]+ms$", text, re.M)
+    assert re.search(r"^step:2/2 train_loss:[\d.]+ train_time:\d+ms step_avg:[\d.]+ms$", text, re.M)
     # the records tools read it back: the exact source, and a complete run
     assert extract_source(tmp_path / "src.txt") == source
     assert parse_log(tmp_path / "src.txt").status == "complete"
@@ -58,8 +58,19 @@ def test_log_starts_with_exact_source_and_its_sha256(shards, tmp_path):
 
 def test_world_size_that_does_not_fit_is_rejected():
     hp = tg.parse_args(["--preset=tiny"])
-    with pytest.raises(ValueError, match="world size 3 does not fit"):
-        tg.train(hp, rank=0, world_size=3, device=tg.torch.device("cpu"), log=tg.Logger(None))
+    with pytest.raises(ValueError, match="world size 3 does not fit: a step is --slices_per_step=8"):
+        tg.check_world_size(hp, 3)
+    hp = tg.parse_args(["--preset=tiny", "--val_tokens=1536"])
+    with pytest.raises(ValueError, match="--val_tokens=1536 / --val_seq_len=512 = 3 sequences"):
+        tg.check_world_size(hp, 2)
+    tg.check_world_size(tg.parse_args(["--preset=tiny"]), 4)  # 8 slices and 4 validation sequences split
+
+
+def test_main_checks_the_world_size_before_training(shards, tmp_path, monkeypatch):
+    monkeypatch.setattr(tg, "init_distributed", lambda: (0, 3, tg.torch.device("cpu")))
+    monkeypatch.setattr(tg, "train", lambda *a: pytest.fail("train ran with a world size that does not fit"))
+    assert tg.main(tiny_args(shards, tmp_path, "ws3")) == 1
+    assert (tmp_path / "ws3.txt").read_text().splitlines()[-1].startswith("error:world size 3 does not fit")
 
 
 def test_missing_shards_name_the_download_command(tmp_path):
