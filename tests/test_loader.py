@@ -101,12 +101,6 @@ def test_loaders_name_the_download_command_when_no_files_match(tmp_path):
         assert "data/tokenize_text.py" in str(e.value)
 
 
-def test_train_loader_rejects_world_size_not_dividing_num_slices(tmp_path):
-    make_shards(tmp_path)
-    with pytest.raises(ValueError, match="world size 3 must divide num_slices 8"):
-        TrainLoader(pattern(tmp_path), 0, 3)
-
-
 @pytest.mark.parametrize("align", [True, False])
 def test_train_loader_matches_reference_cut(tmp_path, align):
     stream = make_shards(tmp_path)
@@ -197,13 +191,8 @@ def test_val_batches_eight_ranks(tmp_path):
     assert seen == {i: stream[16 * i:16 * i + 17].tolist() for i in range(8)}
 
 
-def test_val_batches_reject_bad_sizes(tmp_path):
+def test_val_batches_reject_too_few_tokens(tmp_path):
     make_shards(tmp_path, n_shards=1, n_tokens=100, split="val")
-    with pytest.raises(ValueError, match="--val_tokens=100 must be a multiple of --val_seq_len=8"):
-        val_batches(pattern(tmp_path, "val"), 100, 8, 0, 1, "cpu")
-    with pytest.raises(ValueError, match="--val_tokens=96 / --val_seq_len=8 = 12 sequences, not a multiple of the "
-                                         "world size 8"):
-        val_batches(pattern(tmp_path, "val"), 96, 8, 0, 8, "cpu")
     with pytest.raises(ValueError, match="hold 100 tokens, fewer than --val_tokens=100 \\+ 1") as e:
         val_batches(pattern(tmp_path, "val"), 100, 10, 0, 1, "cpu")
     assert "fineweb_val_000000.bin" in str(e.value)
@@ -222,3 +211,35 @@ def test_train_loader_resumes_from_state_dict(tmp_path, align):
     resumed.load_state_dict(state)
     assert [[x.tolist() for pair in resumed.next_batch(24) for x in pair] for _ in range(6)] == expected
     assert resumed.epoch == loader.epoch >= 2
+
+
+def shard_variants(tmp_path) -> dict:
+    """name -> path of a shard that is whole, or damaged in one way."""
+    good = tmp_path / "good.bin"
+    write_shard(good, range(100))
+    data = good.read_bytes()
+    variants = {"good": data, "bad magic": (1234).to_bytes(4, "little") + data[4:],
+                "wrong version": data[:4] + (7).to_bytes(4, "little") + data[8:], "truncated": data[:-2],
+                "header cut": data[:10], "too long": data + b"\0\0"}
+    paths = {}
+    for name, content in variants.items():
+        paths[name] = tmp_path / f"{name.replace(' ', '_')}.bin"
+        paths[name].write_bytes(content)
+    paths["missing"] = tmp_path / "missing.bin"
+    return paths
+
+
+def test_both_shard_readers_give_the_same_verdict_on_each_damaged_shard(tmp_path):
+    """train_gpt.py reads shards with its own reader and data/shards.py with another (kept apart on purpose):
+    they must agree on what is whole and name the same fault."""
+    from data.shards import shard_problem
+    words = {"bad magic": "bad magic", "wrong version": "wrong version", "truncated": "truncated",
+             "header cut": "truncated", "too long": "too long", "missing": "missing"}
+    for name, path in shard_variants(tmp_path).items():
+        problem = shard_problem(path)
+        if name == "good":
+            assert problem is None and read_shard(path).tolist() == list(range(100))
+            continue
+        with pytest.raises((ValueError, FileNotFoundError)) as e:
+            read_shard(path)
+        assert words[name] in str(e.value) and words[name] in problem, (name, str(e.value), problem)

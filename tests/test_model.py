@@ -2,6 +2,7 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 import train_gpt as tg
@@ -83,17 +84,70 @@ def test_attention_block_matches_a_reference_written_out():
     tokens[[0, 13, 29]] = tg.BOS_ID
     x, ve = torch.randn(2, 1, T, D).unbind(0)
     y = attn(x, ve, tg.attention_mask(tokens, torch.tensor(window)))
-
-    W, x64 = attn.qkvo.detach().double(), x[0].double()
-    q, k, v = ((x64 @ W[i].T).view(T, H, Dh) for i in range(3))
-    q, k = (rotate_as_complex(t / (t.square().mean(-1, keepdim=True) + torch.finfo(torch.float32).eps).sqrt(),
-                              1024.0) for t in (q, k))
-    v = 0.7 * v - 0.4 * ve[0].double().view(T, H, Dh)
-    scores = scale * torch.einsum("qhd,khd->hqk", q, k)
-    p = torch.softmax(scores.masked_fill(~document_window_from_loops(tokens, window), float("-inf")), dim=-1)
-    gate = torch.sigmoid(x64[:, :gate_dim] @ attn.gate.detach().double().T)  # (T, H)
-    out = (torch.einsum("hqk,khd->qhd", p, v) * gate[..., None]).reshape(T, D) @ W[3].T
+    out = attention_reference(attn, x[0].double(), ve[0].double(), tokens, window, 1024.0)
     torch.testing.assert_close(y[0].double(), out, atol=2e-5, rtol=2e-5)
+
+
+def rms_norm(x: torch.Tensor) -> torch.Tensor:
+    return x / (x.square().mean(-1, keepdim=True) + torch.finfo(torch.float32).eps).sqrt()
+
+
+def attention_reference(attn, x: torch.Tensor, ve: torch.Tensor | None, tokens: torch.Tensor, window: int,
+                        rope_base: float) -> torch.Tensor:
+    """x, ve: (T, D) fp64 -> the attention module's output (T, D) in fp64: heads one by one in einsum, the
+    rotation as complex numbers, the mask from loops."""
+    T, D = x.shape
+    H, Dh = attn.num_heads, attn.head_dim
+    W = attn.qkvo.detach().double()
+    q, k, v = ((x @ W[i].T).view(T, H, Dh) for i in range(3))
+    q, k = (rotate_as_complex(rms_norm(t), rope_base) for t in (q, k))
+    if ve is not None:
+        a, b = attn.value_mix.detach().double()
+        v = a * v + b * ve.view(T, H, Dh)
+    scores = attn.scale * torch.einsum("qhd,khd->hqk", q, k)
+    p = torch.softmax(scores.masked_fill(~document_window_from_loops(tokens, window), float("-inf")), dim=-1)
+    gate = torch.sigmoid(x[:, :attn.gate_dim] @ attn.gate.detach().double().T)  # (T, H)
+    return (torch.einsum("hqk,khd->qhd", p, v) * gate[..., None]).reshape(T, D) @ W[3].T
+
+
+def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], rope_base: float) -> torch.Tensor:
+    """The whole GPT written out in fp64, each wire spelled out: x0 = norm(embedding); block i first mixes
+    a_i·x + b_i·x0; value embedding j feeds blocks j and L - num_ve + j; a second-half block i first adds
+    sigmoid(gate)·(output of its mirror block L - 1 - i); the head reads norm(x); logits are softcapped."""
+    inputs, targets = tokens[:-1], tokens[1:]
+    p = {name: t.detach().double() for name, t in model.named_parameters()}
+    L, num_ve = len(model.blocks), len(model.value_embeds)
+    x0 = rms_norm(p["embed.weight"][inputs])
+    x, outputs = x0, []
+    for i, block in enumerate(model.blocks):
+        if i >= L // 2:
+            x = x + torch.sigmoid(p["skip_gates"][i - L // 2]) * outputs[L - 1 - i]
+        j = i if i < num_ve else i - (L - num_ve) if i >= L - num_ve else None
+        ve = p[f"value_embeds.{j}.weight"][inputs] if j is not None else None
+        a, b = p[f"blocks.{i}.residual_mix"]
+        x = a * x + b * x0
+        x = x + attention_reference(block.attn, rms_norm(x), ve, inputs, windows[model.window_pattern[i]], rope_base)
+        x = x + torch.relu(rms_norm(x) @ p[f"blocks.{i}.mlp.fc"].T).square() @ p[f"blocks.{i}.mlp.proj"].T
+        outputs.append(x)
+    logits = rms_norm(x) @ p["lm_head"]
+    return F.cross_entropy(model.logit_cap * torch.tanh(logits / model.logit_cap), targets)
+
+
+def test_gpt_forward_matches_the_model_written_out(monkeypatch):
+    """Every parameter moved off its init (so no wire hides behind a zero or a symmetry), then GPT.forward against
+    gpt_reference_loss. The model's bf16 casts are made fp32 here, so the two agree to float rounding and a skip
+    from the wrong block, a value embedding fed to the wrong block, a swapped mix or a dropped gate all show."""
+    monkeypatch.setattr(torch.Tensor, "bfloat16", lambda t: t.float())
+    model, hp = tiny_model(num_layers=4, window_pattern="SLSL", num_value_embeds=2)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.copy_(param + 0.3 * param.std().nan_to_num(0.3).clamp_min(0.3) * torch.randn(param.shape, generator=g))
+    tokens = random_documents(385, seed=8)
+    windows = {"S": 128, "L": 256}
+    loss = model(tokens[:-1].int(), tokens[1:].long(), {k: torch.tensor(w) for k, w in windows.items()})
+    reference = gpt_reference_loss(model, tokens, windows, hp.rope_base)
+    assert abs(loss.item() - reference.item()) < 1e-5 * reference.item(), (loss.item(), reference.item())
 
 
 def tiny_model(**overrides):
@@ -106,9 +160,9 @@ def test_zero_initialized_output_projections_make_blocks_identity():
     model, hp = tiny_model()
     for block in model.blocks:
         assert torch.count_nonzero(block.attn.qkvo[3]) == 0 and torch.count_nonzero(block.mlp.proj) == 0
-        x = torch.randn(1, 16, hp.model_dim)
+        x, x0 = torch.randn(2, 1, 16, hp.model_dim).unbind(0)
         mask = tg.attention_mask(torch.arange(16), torch.tensor(128))
-        assert torch.equal(block(x, x, None, mask), x)  # residual_mix starts at (1, 0)
+        assert torch.equal(block(x, x0, None, mask), x)  # residual_mix starts at (1, 0): x, not x0, passes
 
 
 def test_lm_head_is_the_transposed_embedding_while_tied():
@@ -154,11 +208,11 @@ def test_parse_args_overrides_and_rejects_bad_flags():
 def test_schedules():
     hp = tg.parse_args(["--num_iterations=100", "--cooldown_frac=0.5", "--final_lr_frac=0.1",
                         "--seq_lens=1024,2048", "--window_min=384", "--window_max=1792"])
-    assert tg.lr_multiplier(0, hp) == 1.0 and tg.lr_multiplier(50, hp) == 1.0
-    assert abs(tg.lr_multiplier(75, hp) - 0.55) < 1e-9 and abs(tg.lr_multiplier(100, hp) - 0.1) < 1e-9
+    assert tg.lr_scale(0, hp) == 1.0 and tg.lr_scale(50, hp) == 1.0
+    assert abs(tg.lr_scale(75, hp) - 0.55) < 1e-9 and abs(tg.lr_scale(100, hp) - 0.1) < 1e-9
     assert [tg.seq_len_at(s, hp) for s in (0, 49, 50, 99)] == [1024, 1024, 2048, 2048]
     assert tg.windows_at(0, hp) == {"L": 384, "S": 256} and tg.windows_at(100, hp) == {"L": 1792, "S": 896}
-    assert tg.muon_momentum(0, hp) == hp.muon_momentum_start and tg.muon_momentum(10**6, hp) == hp.muon_momentum
+    assert tg.momentum_at(0, hp) == hp.muon_momentum_start and tg.momentum_at(10**6, hp) == hp.muon_momentum
 
 
 def test_block_mask_from_document_blocks_equals_create_block_mask():

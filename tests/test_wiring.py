@@ -1,0 +1,108 @@
+"""How the parts are wired: what the optimizers and the model actually receive, step by step, in a real run."""
+import pytest
+import torch
+
+import train_gpt as tg
+from tests.helpers import make_shards
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return make_shards(tmp_path_factory.mktemp("shards"), train_tokens=60_000, val_tokens=4_000)
+
+
+SCHEDULE_FLAGS = ["--num_iterations=12", "--warmup_steps=0", "--val_every=0", "--lr_warmup_steps=2",
+                  "--cooldown_frac=0.5", "--final_lr_frac=0.2", "--momentum_warmup_steps=6", "--untie_frac=0.5",
+                  "--window_min=128", "--window_max=640"]
+
+
+@pytest.fixture(scope="module")
+def recorded(shards, tmp_path_factory) -> tuple[tg.Hyperparameters, dict]:
+    """A tiny run that records, at every optimizer step, each group's lr and momentum as the optimizer reads
+    them, and at every training forward, model.tied and the window sizes the model is given."""
+    seen = {"muon": [], "adam": [], "forward": []}
+
+    def recording(cls, key):
+        step = cls.step
+
+        def wrapped(self):
+            seen[key].append([(g["lr"], g.get("momentum")) for g in self.param_groups])
+            return step(self)
+        return wrapped
+
+    forward = tg.GPT.forward
+
+    def recording_forward(self, inputs, targets, windows):
+        if torch.is_grad_enabled():
+            seen["forward"].append((self.tied, {kind: int(w) for kind, w in windows.items()}))
+        return forward(self, inputs, targets, windows)
+
+    train, val = shards
+    argv = ["--preset=tiny", f"--train_files={train}", f"--val_files={val}",
+            f"--log_dir={tmp_path_factory.mktemp('logs')}", "--run_id=wiring", *SCHEDULE_FLAGS]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tg.NorMuon, "step", recording(tg.NorMuon, "muon"))
+        patch.setattr(tg.DistAdam, "step", recording(tg.DistAdam, "adam"))
+        patch.setattr(tg.GPT, "forward", recording_forward)
+        assert tg.main(argv) == 0
+    return tg.parse_args(argv), seen
+
+
+def test_every_step_gives_the_optimizers_the_scheduled_lr_and_momentum(recorded):
+    hp, seen = recorded
+    adam_lrs = [hp.adam_head_lr, hp.adam_embed_lr, hp.adam_embed_lr, hp.adam_scalar_lr]
+    assert len(seen["muon"]) == len(seen["adam"]) == hp.num_iterations
+    scales = {tg.lr_scale(step, hp) for step in range(hp.num_iterations)}
+    assert len(scales) > 5  # warm-up, flat and cooldown all occur
+    for step in range(hp.num_iterations):
+        scale, momentum = tg.lr_scale(step, hp), tg.momentum_at(step, hp)
+        assert seen["muon"][step] == [pytest.approx((hp.muon_lr * scale, momentum))] * len(tg.MATRIX_PARAMS)
+        assert [lr for lr, _ in seen["adam"][step]] == pytest.approx([lr * scale for lr in adam_lrs])
+
+
+def test_every_forward_sees_the_scheduled_windows_and_ties(recorded):
+    hp, seen = recorded
+    micro_steps = hp.slices_per_step
+    assert len(seen["forward"]) == hp.num_iterations * micro_steps
+    assert len({tg.windows_at(step, hp)["L"] for step in range(hp.num_iterations)}) > 3  # the windows grow
+    for i, (tied, windows) in enumerate(seen["forward"]):
+        step = i // micro_steps
+        assert windows == tg.windows_at(step, hp), step
+        assert tied == (step < tg.untie_step(hp)), step
+    assert 0 < tg.untie_step(hp) < hp.num_iterations
+
+
+def tiny_model_and_optimizers(monkeypatch, table):
+    monkeypatch.setattr(tg, "MATRIX_PARAMS", table)
+    torch.manual_seed(0)
+    hp = tg.parse_args(["--preset=tiny"])
+    model = tg.GPT(hp)
+    return model, tg.build_optimizers(model, hp, rank=0, world_size=1)
+
+
+def test_normuon_groups_take_neuron_axis_and_lr_mul_from_the_table(monkeypatch):
+    table = {"attn.qkvo": (-2, 0.5), "attn.gate": (-1, 1.5), "mlp.fc": (-2, 2.0), "mlp.proj": (-1, 4.0)}
+    model, (muon, _) = tiny_model_and_optimizers(monkeypatch, table)
+    assert {g["label"]: (g["neuron_axis"], g["lr_mul"]) for g in muon.param_groups} == table
+    for group in muon.param_groups:
+        assert group["params"] == [tg.getattr_path(b, group["label"]) for b in model.blocks]
+
+
+def test_the_neuron_axis_in_the_table_changes_the_update(monkeypatch):
+    """The same gradients, the table's mlp.fc axis flipped: fc moves differently, every other matrix the same."""
+    updates = []
+    for fc_axis in (-1, -2):
+        table = {**tg.MATRIX_PARAMS, "mlp.fc": (fc_axis, tg.MATRIX_PARAMS["mlp.fc"][1])}
+        model, (muon, _) = tiny_model_and_optimizers(monkeypatch, table)
+        before = {name: p.detach().clone() for name, p in model.named_parameters()}
+        g = torch.Generator().manual_seed(1)
+        for group in muon.param_groups:
+            for p in group["params"]:
+                p.grad = torch.randn(p.shape, generator=g)
+        muon.step()
+        updates.append({name: p.detach() - before[name] for name, p in model.named_parameters()})
+    for name in updates[0]:
+        if "mlp.fc" in name:
+            assert (updates[0][name] - updates[1][name]).norm() > 0.05 * updates[0][name].norm(), name
+        elif updates[0][name].any():
+            torch.testing.assert_close(updates[0][name], updates[1][name], msg=name)
