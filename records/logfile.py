@@ -446,8 +446,9 @@ def parse_log(path) -> RunLog:
     return run
 
 
-def log_paths(args) -> list[Path]:
-    """Expand command-line arguments: a file stays, a folder gives its *.txt files in name order."""
+def log_paths(args) -> list[tuple[Path, bool]]:
+    """Expand command-line arguments into (path, named): a file stays (named), a folder gives its *.txt files in
+    name order (not named)."""
     paths = []
     for arg in args:
         p = Path(arg)
@@ -455,9 +456,23 @@ def log_paths(args) -> list[Path]:
             found = sorted(p.glob("*.txt"))
             if not found:
                 raise FileNotFoundError(f"{p}: folder holds no *.txt logs")
-            paths += found
+            paths += [(f, False) for f in found]
         elif p.is_file():
-            paths.append(p)
+            paths.append((p, True))
         else:
             raise FileNotFoundError(f"{p}: no such log file or folder")
     return paths
+
+
+def load_logs(args) -> tuple[list[RunLog], list[str]]:
+    """Parse the logs the arguments name. A text file in a folder that is no train log at all (no source block)
+    is skipped and described in the second list; a named file that is none, or any malformed log, raises."""
+    runs, skipped = [], []
+    for path, named in log_paths(args):
+        try:
+            runs.append(parse_log(path))
+        except NotALogError:
+            if named:
+                raise
+            skipped.append(f"{path}: not a train log (no source block, ours or upstream's)")
+    return runs, skipped

@@ -29,14 +29,19 @@ def source_block(source: bytes) -> bytes:
             + b"\n==== train_gpt.py source end ====\n")
 
 
-def header_lines(run_id: str, total: int, command: str | None = None) -> list[str]:
+RECORD_HPARAMS = {"val_files": "data/fineweb10B/fineweb_val_*.bin", "val_tokens": "10485760"}
+
+
+def header_lines(run_id: str, total: int, command: str | None = None, world_size: int = 8,
+                 hparams: dict | None = None) -> list[str]:
     command = command or f"torchrun --standalone --nproc_per_node=8 train_gpt.py --num_iterations={total}"
-    return [f"run_id:{run_id}", "date:2026-11-23T10:00:00Z", f"command:{command}", "python:3.12.3",
-            "torch:2.11.0+cu130", "triton:3.6.0", "cuda:13.0", "gpu:8x NVIDIA H100 80GB HBM3", "world_size:8",
-            "==== nvidia-smi begin ====", "| NVIDIA-SMI 580.82  Driver Version: 580.82 |", "",
-            "key:value lines and anything else: free text", "==== nvidia-smi end ====",
-            f"hparam:num_iterations={total}", "hparam:train_files=data/fineweb10B/fineweb_train_*.bin",
-            "info:kernels warmed up"]
+    hparams = {"num_iterations": total, "train_files": "data/fineweb10B/fineweb_train_*.bin", **RECORD_HPARAMS,
+               **(hparams or {})}
+    return ([f"run_id:{run_id}", "date:2026-11-23T10:00:00Z", f"command:{command}", "python:3.12.3",
+             "torch:2.11.0+cu130", "triton:3.6.0", "cuda:13.0", "gpu:8x NVIDIA H100 80GB HBM3",
+             f"world_size:{world_size}", "==== nvidia-smi begin ====", "| NVIDIA-SMI 580.82  Driver Version: 580.82 |",
+             "", "key:value lines and anything else: free text", "==== nvidia-smi end ===="]
+            + [f"hparam:{k}={v}" for k, v in hparams.items()] + ["info:kernels warmed up"])
 
 
 def step_lines(total: int, final_loss: float, time_ms: int) -> list[str]:
@@ -58,8 +63,8 @@ def final_line(total: int, final_loss: float, time_ms: int) -> str:
             f"tokens_seen:{total * 524288}")
 
 
-def log_lines(run_id="run0", final_loss=3.2781, time_ms=83000, total=20, command=None) -> list[str]:
-    return (header_lines(run_id, total, command) + step_lines(total, final_loss, time_ms)
+def log_lines(run_id="run0", final_loss=3.2781, time_ms=83000, total=20, command=None, **header) -> list[str]:
+    return (header_lines(run_id, total, command, **header) + step_lines(total, final_loss, time_ms)
             + [final_line(total, final_loss, time_ms)])
 
 
@@ -170,7 +175,8 @@ def test_parse_reads_every_field(tmp_path):
     assert (run.run_id, run.gpu, run.torch, run.cuda, run.world_size) == (
         "abc", "8x NVIDIA H100 80GB HBM3", "2.11.0+cu130", "13.0", 8)
     assert run.date.isoformat() == "2026-11-23T10:00:00+00:00"
-    assert run.hparams == {"num_iterations": "20", "train_files": "data/fineweb10B/fineweb_train_*.bin"}
+    assert run.hparams == {"num_iterations": "20", "train_files": "data/fineweb10B/fineweb_train_*.bin",
+                           "val_files": "data/fineweb10B/fineweb_val_*.bin", "val_tokens": "10485760"}
     assert run.nvidia_smi[1] == "" and len(run.nvidia_smi) == 3
     assert run.info == ["kernels warmed up"]
     assert [s.step for s in run.steps if s.val_loss is not None] == [0, 5, 10, 15, 20]
@@ -197,7 +203,7 @@ def test_last_line_cut_mid_way_is_set_aside(tmp_path):
 
 def test_cut_line_before_the_end_is_an_error(tmp_path):
     lines = log_lines()
-    lines[30] = lines[30][:12]  # "step:11/20 t", at line 36: the source spans lines 2-4, the end line is 5
+    lines[30] = lines[30][:12]  # "step:10/20 t", at line 36: the source spans lines 2-4, the end line is 5
     with pytest.raises(LogFormatError, match=r"log\.txt:36: expected key:value, got 't'"):
         parse_log(write_log(tmp_path / "log.txt", lines=lines))
 
@@ -232,7 +238,7 @@ BAD_LINES = {
 @pytest.mark.parametrize("bad, message", BAD_LINES.items(), ids=list(BAD_LINES))
 def test_malformed_line_names_the_file_and_line(tmp_path, bad, message):
     # Source "a\nb\nc\n" spans lines 2-4, line 5 is the writer's newline, line 6 the end line: the header
-    # starts at line 7 and the step lines at 24; the bad line goes after 11 step lines, at line 35.
+    # starts at line 7 and the step lines at 26; the bad line goes after 9 step lines, at line 35.
     lines = log_lines()
     lines.insert(17 + 11, bad)
     with pytest.raises(LogFormatError) as err:
@@ -377,16 +383,25 @@ def test_summary_refuses_the_same_run_twice(tmp_path, capsys):
 
 def test_summarize_cli_prints_table_and_verdict(tmp_path):
     write_runs(tmp_path, [3.2761, 3.2779, 3.2770], [83000, 84000, 85000])
-    write_log(tmp_path / "crash.txt", lines=log_lines(run_id="crash")[:-4])
     done = run_script("summarize", tmp_path, "--target", "3.29")
     assert done.returncode == 0, done.stderr
-    assert "crash.txt  crash   incomplete  -         -      -" in done.stdout
-    assert "run2.txt   run2    complete    3.2770    20     85.000  8x NVIDIA H100 80GB HBM3" in done.stdout
+    assert "run2.txt  run2    complete  3.2770    20     85.000  8x NVIDIA H100 80GB HBM3" in done.stdout
     assert "val loss: mean 3.2770  std 0.00090" in done.stdout
     assert "t-test for mean < 3.29: t=-25.0185  p=0.0007969  (df=2, one-sided)" in done.stdout
     assert "train time: mean 84.000 s (1.4000 min)  std 1.000 s  min 83.000 s  max 85.000 s" in done.stdout
     assert "verdict: RECORD: mean val loss 3.2770 < 3.29 with p=0.000797 < 0.01 (n=3)" in done.stdout
     assert "verdict: NOT A RECORD" in run_script("summarize", tmp_path).stdout  # p = 0.0144 against 3.28
+
+
+def test_a_run_that_did_not_finish_makes_the_set_not_comparable(tmp_path):
+    write_runs(tmp_path, [3.2761, 3.2779, 3.2770], [83000, 84000, 85000])
+    write_log(tmp_path / "crash.txt", lines=log_lines(run_id="crash")[:-4])
+    done = run_script("summarize", tmp_path, "--target", "3.29")
+    assert done.returncode == 0, done.stderr
+    assert "crash.txt  crash   incomplete  -         -      -" in done.stdout
+    assert "val loss: mean 3.2770  std 0.00090" in done.stdout and "t-test" not in done.stdout
+    assert done.stdout.endswith("verdict: not comparable: status differs: incomplete, a record needs whole runs "
+                                "(crash)\n")
 
 
 def test_summarize_cli_names_a_malformed_log(tmp_path):
