@@ -436,12 +436,15 @@ def make_record(records: Path, name: str, header: str, losses, times) -> Path:
     return folder
 
 
+RECORD_LOSSES = [3.2761, 3.2765, 3.2758]  # p < 0.01 for mean < 3.28
+
+
 def test_table_is_regenerated_from_the_records(tmp_path):
     records = tmp_path / "records"
     make_record(records, "2026-12-01_faster", "date: 2026-12-01\ndescription: Faster | better",
-                [3.2761, 3.2779], [60000, 66000])
+                RECORD_LOSSES, [60000, 66000, 63000])
     make_record(records, "2026-11-23_baseline", "date: 2026-11-23\ndescription: Baseline\nauthors: someone",
-                [3.2770], [90000])
+                RECORD_LOSSES, [90000] * 3)
     (records / "__pycache__").mkdir()
     readme = tmp_path / "README.md"
     readme.write_text("# Title\n\n<!-- records:begin -->\nold table\n<!-- records:end -->\n\nMore text.\n")
@@ -452,12 +455,26 @@ def test_table_is_regenerated_from_the_records(tmp_path):
         "# Title\n\n<!-- records:begin -->\n"
         "| time (min) | date | description | logs |\n"
         "| ---: | --- | --- | --- |\n"
-        "| 1.500 | 2026-11-23 | Baseline | [1 log](records/2026-11-23_baseline) |\n"
-        "| 1.050 | 2026-12-01 | Faster \\| better | [2 logs](records/2026-12-01_faster) |\n"
+        "| 1.500 | 2026-11-23 | Baseline | [3 logs](records/2026-11-23_baseline) |\n"
+        "| 1.050 | 2026-12-01 | Faster \\| better | [3 logs](records/2026-12-01_faster) |\n"
         "<!-- records:end -->\n\nMore text.\n")
     assert table.main(args + ["--check"]) == 0
-    make_record(records, "2026-12-24_fastest", "date: 2026-12-24\ndescription: Fastest", [3.27], [50000])
+    make_record(records, "2026-12-24_fastest", "date: 2026-12-24\ndescription: Fastest", RECORD_LOSSES, [50000] * 3)
     assert table.main(args + ["--check"]) == 1
+
+
+@pytest.mark.parametrize("losses, verdict", [
+    ([3.2790, 3.2770, 3.2801], "verdict is: NOT A RECORD"),
+    ([3.2761], "verdict is: no verdict"),
+])
+def test_table_refuses_a_folder_that_is_not_a_record(tmp_path, capsys, losses, verdict):
+    records = tmp_path / "records"
+    make_record(records, "2026-11-23_slow", "date: 2026-11-23\ndescription: Slow", losses, [90000] * len(losses))
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- records:begin -->\n<!-- records:end -->\n")
+    assert table.main(["--readme", str(readme), "--records", str(records)]) == 2
+    assert f"2026-11-23_slow: not a record, its logs' {verdict}" in capsys.readouterr().err
+    assert readme.read_text() == "<!-- records:begin -->\n<!-- records:end -->\n"
 
 
 def test_table_without_records_is_empty(tmp_path):
@@ -470,7 +487,8 @@ def test_table_without_records_is_empty(tmp_path):
 
 def test_table_check_cli_exit_status(tmp_path):
     records = tmp_path / "records"
-    make_record(records, "2026-11-23_baseline", "date: 2026-11-23\ndescription: Baseline", [3.2770], [90000])
+    make_record(records, "2026-11-23_baseline", "date: 2026-11-23\ndescription: Baseline", RECORD_LOSSES,
+                [90000] * 3)
     readme = tmp_path / "README.md"
     readme.write_text("<!-- records:begin -->\n<!-- records:end -->\n")
     check = run_script("table", "--readme", readme, "--records", records, "--check")
@@ -488,7 +506,7 @@ def test_table_check_cli_exit_status(tmp_path):
 ])
 def test_table_refuses_bad_input(tmp_path, capsys, readme_text, header, message):
     records = tmp_path / "records"
-    make_record(records, "2026-11-23_baseline", header, [3.2770], [90000])
+    make_record(records, "2026-11-23_baseline", header, RECORD_LOSSES, [90000] * 3)
     readme = tmp_path / "README.md"
     readme.write_text(readme_text)
     assert table.main(["--readme", str(readme), "--records", str(records)]) == 2
