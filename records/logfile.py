@@ -189,15 +189,17 @@ def _split_source(path: Path, data: bytes) -> tuple[dict[str, bytes], str, int, 
     return {SCRIPT_NAME: source}, sha, end, "ours"
 
 
-def extract_sources(path) -> dict[str, bytes]:
-    """The exact files a log holds, by name (train_gpt.py first); ours verified against sha256 and byte count."""
+def extract_sources(path) -> tuple[dict[str, bytes], bool]:
+    """The exact files a log holds, by name (train_gpt.py first), and whether they were verified against a
+    declared sha256 and byte count (ours are; upstream logs declare none)."""
     path = Path(path)
-    return _split_source(path, path.read_bytes())[0]
+    files, _, _, layout = _split_source(path, path.read_bytes())
+    return files, layout == "ours"
 
 
 def extract_source(path) -> bytes:
     """The exact bytes of train_gpt.py that a log holds."""
-    return extract_sources(path)[SCRIPT_NAME]
+    return extract_sources(path)[0][SCRIPT_NAME]
 
 
 def _float(value: str, what: str) -> float:

@@ -149,23 +149,38 @@ def test_recover_run_launches_the_recovered_file_with_the_logged_command(tmp_pat
     command = shlex.join([sys.executable, "train_gpt.py", f"--out={marker}"])
     log = write_log(tmp_path / "run1.txt", source=source, command=command)
     out = tmp_path / "rec" / "train_gpt.py"
-    dry = run_script("recover", log, "-o", out, "--run", "--dry_run")
+    dry = run_script("recover", log, "-o", out, "--run", "--dry_run", "--run_id=again")
     assert dry.returncode == 0, dry.stderr
-    assert f"command: {shlex.join([sys.executable, str(out), f'--out={marker}'])}" in dry.stdout
+    assert f"command: {shlex.join([sys.executable, str(out), f'--out={marker}', '--run_id=again'])}" in dry.stdout
     assert not marker.exists()
-    done = run_script("recover", log, "-o", out, "--run")
+    done = run_script("recover", log, "-o", out, "--run", "--run_id=again")
     assert done.returncode == 0, done.stderr
-    assert marker.read_text() == repr([f"--out={marker}"])
+    assert marker.read_text() == repr([f"--out={marker}", "--run_id=again"])
 
 
-def test_rerun_command_replaces_the_script(tmp_path):
+def test_recover_run_from_the_logs_folder_gets_a_fresh_run_id(tmp_path):
+    # Like train_gpt.py's Logger: the log <run_id>.txt is created exclusively, so reusing run1 would fail.
+    source = (b"import sys\nrun_id = [a for a in sys.argv if a.startswith('--run_id=')][-1][9:]\n"
+              b"open(run_id + '.txt', 'x').write('rerun')\n")
+    command = shlex.join([sys.executable, "train_gpt.py", "--run_id=run1", "--seed=3"])
+    write_log(tmp_path / "run1.txt", source=source, command=command, run_id="run1")
+    done = run_script("recover", "run1.txt", "--run", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    new_logs = [p for p in tmp_path.glob("*.txt") if p.name != "run1.txt"]
+    assert len(new_logs) == 1 and new_logs[0].read_text() == "rerun"
+    assert "--seed=3 --run_id=" in done.stdout
+
+
+def test_rerun_command_replaces_the_script_and_the_run_id(tmp_path):
     new, log = Path("r/train_gpt.py"), Path("x.txt")
-    assert recover.rerun_command("torchrun --nproc_per_node=8 ./train_gpt.py --a=1", new, log) == [
-        "torchrun", "--nproc_per_node=8", "r/train_gpt.py", "--a=1"]
-    assert recover.rerun_command("python a/copy.py --b='x y' --c=train_gpt.py", new, log) == [
-        "python", "r/train_gpt.py", "--b=x y", "--c=train_gpt.py"]
+    assert recover.rerun_command("torchrun --nproc_per_node=8 ./train_gpt.py --a=1", new, log, "n1") == [
+        "torchrun", "--nproc_per_node=8", "r/train_gpt.py", "--a=1", "--run_id=n1"]
+    assert recover.rerun_command("python a/copy.py --b='x y' --c=train_gpt.py", new, log, "n2") == [
+        "python", "r/train_gpt.py", "--b=x y", "--c=train_gpt.py", "--run_id=n2"]
+    assert recover.rerun_command("python train_gpt.py --run_id=old --a=1 --run_id old2 --b=2", new, log, "n3") == [
+        "python", "r/train_gpt.py", "--a=1", "--b=2", "--run_id=n3"]
     with pytest.raises(ValueError, match="x.txt: the logged command names no .py script"):
-        recover.rerun_command("python -", new, log)
+        recover.rerun_command("python -", new, log, "n4")
 
 
 # ----- Parsing -----
