@@ -5,6 +5,7 @@ import hashlib
 import json
 import math
 import random
+import re
 import shlex
 import subprocess
 import sys
@@ -292,6 +293,76 @@ def test_unclosed_nvidia_smi_block_is_an_error(tmp_path):
     lines = [line for line in log_lines() if line != "==== nvidia-smi end ===="]
     with pytest.raises(LogFormatError, match=r"log\.txt:16: nvidia-smi block is never closed"):
         parse_log(write_log(tmp_path / "log.txt", lines=lines, source=b"a\nb\nc\n"))
+
+
+SHA_A, SHA_B = "a" * 64, "b" * 64
+
+
+def test_data_fingerprints_and_new_step_lines_are_read(tmp_path):
+    lines = log_lines()
+    lines[lines.index("info:kernels warmed up"):0] = [f"train_data:{SHA_A}", f"val_data:{SHA_B}"]
+    run = parse_log(write_log(tmp_path / "log.txt", lines=lines))
+    assert (run.train_data, run.val_data) == (SHA_A, SHA_B)
+    assert run.steps[2].train_loss is not None and run.steps[2].step == 2
+    assert parse_log(write_log(tmp_path / "old.txt")).val_data is None
+
+
+def test_data_fingerprint_must_be_a_sha256(tmp_path):
+    lines = log_lines()
+    lines.insert(3, "val_data:abc")
+    with pytest.raises(LogFormatError, match="val_data must be a sha256"):
+        parse_log(write_log(tmp_path / "log.txt", lines=lines))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("final_val_loss:3.2781", "final_val_loss:3.2000"), "summary final_val_loss 3.2000 disagrees with the last val"
+                                                         " line (line 50): 3.2781"),
+    (("train_time:83000ms steps", "train_time:73000ms steps"), "summary train_time 73000 disagrees"),
+    (("steps:20 ", "steps:25 "), "summary steps 25 disagrees with the last val line (line 50): 20"),
+])
+def test_summary_line_must_agree_with_the_last_val_line(tmp_path, edit, message):
+    log = write_log(tmp_path / "log.txt", source=b"a\nb\nc\n")
+    log.write_text(log.read_text().replace(*edit))
+    with pytest.raises(LogFormatError, match=re.escape(f"log.txt:51: {message}")):
+        parse_log(log)
+
+
+def resumed_lines(resume_step: int, carried_ms: int, total=20, final_loss=3.2781, time_ms=33000, run_id="res"):
+    """A run resumed at `resume_step` after `carried_ms` of training: its times include the carried time."""
+    steps = [line for line in step_lines(total, final_loss, time_ms)
+             if int(line.split(" ")[0].split(":")[1].split("/")[0]) > resume_step]
+    header = header_lines(run_id, total, hparams={"resume": f"checkpoints/a_step{resume_step}.pt"})
+    return header + [f"resume_step:{resume_step} resume_train_time:{carried_ms}ms"] + steps + [
+        final_line(total, final_loss, time_ms)]
+
+
+def test_resumed_run_counts_the_time_of_every_segment(tmp_path):
+    run = parse_log(write_log(tmp_path / "res.txt", lines=resumed_lines(10, 16500)))
+    assert (run.resume_step, run.resume_train_time_ms) == (10, 16500) and run.steps[0].step == 11
+    s = summarize.summarize([run])
+    assert s["n"] == 1 and s["train_time_ms_mean"] == 33000 and "resume" not in s["verdict"]
+
+
+@pytest.mark.parametrize("resume_line, message", [
+    ("resume_step:12 resume_train_time:16500ms", "first step after resume_step:12 is 11, expected 13"),
+    ("resume_step:10 resume_train_time:40000ms", "train_time 18150ms is less than the resume_train_time 40000ms"),
+    ("resume_step:10", "resume line must be resume_step:<S> resume_train_time:<T>ms"),
+])
+def test_resume_line_must_fit_the_steps(tmp_path, resume_line, message):
+    lines = [resume_line if line.startswith("resume_step:") else line for line in resumed_lines(10, 16500)]
+    with pytest.raises(LogFormatError, match=re.escape(message)):
+        parse_log(write_log(tmp_path / "res.txt", lines=lines))
+
+
+def test_old_style_resumed_segment_is_refused_with_a_reason(tmp_path):
+    # Before resume lines existed, a resumed log counted only the time after its resume: 13 s of a 33 s run.
+    lines = [line for line in resumed_lines(10, 5000, time_ms=13000) if not line.startswith("resume_step:")]
+    paths = write_runs(tmp_path, RECORD_LOSSES, [33000] * 3) + [write_log(tmp_path / "seg.txt", lines=lines)]
+    s = summarize.summarize([parse_log(p) for p in paths])
+    assert s["n"] == 3 and s["train_time_ms_min"] == 33000 and not s["is_record"]
+    assert s["verdict"] == ("not comparable: train_time refused: resumed without a resume_step line, so it counts "
+                            "only the time after the resume (res)")
+    assert "res (resumed segment)" in s["notes"][0]
 
 
 # ----- Statistics -----
