@@ -17,7 +17,7 @@ import scipy.special
 import scipy.stats
 
 from records import plot, recover, summarize, table
-from records.logfile import LogFormatError, extract_source, parse_log
+from records.logfile import LogFormatError, NotALogError, extract_source, parse_log
 from records.stats import betainc, mean_std, one_sided_t_test, student_t_cdf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -498,6 +498,169 @@ def test_summarize_cli_names_a_malformed_log(tmp_path):
     assert done.returncode == 2 and "bad.txt:27: val_loss must be a number" in done.stderr
 
 
+def summary_of(folder: Path, losses, **header) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [write_log(folder / f"run{i}.txt", run_id=f"run{i}", final_loss=loss, **header)
+             for i, loss in enumerate(losses)]
+    return summarize.summarize([parse_log(p) for p in paths])
+
+
+def test_one_gpu_runs_on_local_text_are_not_comparable(tmp_path):
+    # The issue's case: three 1-GPU runs validated on 3M tokens of local text tokenized as fineweb_val_*.bin.
+    s = summary_of(tmp_path, RECORD_LOSSES, world_size=1,
+                   hparams={"val_files": "data/mytext/fineweb_val_*.bin", "val_tokens": "3145728"})
+    assert not s["is_record"] and not s["comparable"] and s["p_value"] is None
+    assert s["verdict"] == (
+        "not comparable: val_tokens differs: 3145728, a record validates on 10485760 (run0, run1, run2); "
+        "world_size differs: 1-GPU accumulation run, not a record time (run0, run1, run2)")
+    assert s["n"] == 3 and s["val_loss_mean"] == pytest.approx(np.mean(RECORD_LOSSES), abs=1e-12)
+    assert summary_of(tmp_path / "ok", RECORD_LOSSES)["verdict"].startswith("RECORD")
+
+
+@pytest.mark.parametrize("header, message", [
+    ({"hparams": {"val_files": "data/mytext/val_*.bin"}},
+     "val_files differs: data/mytext/val_*.bin is not FineWeb validation (*fineweb_val_*)"),
+    ({"world_size": 16}, "world_size differs: 16, a record runs on 8"),
+    ({"hparams": {"val_tokens": "1048576"}}, "val_tokens differs: 1048576, a record validates on 10485760"),
+])
+def test_runs_off_the_record_setup_are_not_comparable(tmp_path, header, message):
+    s = summary_of(tmp_path, RECORD_LOSSES, **header)
+    assert s["verdict"] == f"not comparable: {message} (run0, run1, run2)"
+
+
+def test_runs_of_different_sources_or_val_sets_are_not_comparable(tmp_path):
+    paths = write_runs(tmp_path, RECORD_LOSSES, [83000] * 3)
+    write_log(paths[2], run_id="run2", final_loss=RECORD_LOSSES[2], source=b"print('changed')\n")
+    s = summarize.summarize([parse_log(p) for p in paths])
+    assert s["verdict"].startswith("not comparable: source differs across runs (2 sha256s: ")
+    lines = log_lines(run_id="run2", final_loss=RECORD_LOSSES[2])
+    write_log(paths[2], lines=lines[:3] + [f"val_data:{SHA_A}"] + lines[3:])
+    s = summarize.summarize([parse_log(p) for p in paths])
+    assert s["verdict"] == f"not comparable: val_data differs across runs (2 sha256s: {SHA_A[:12]}, none)"
+
+
+def test_summarize_skips_text_files_that_are_not_logs_and_says_so(tmp_path):
+    write_runs(tmp_path, RECORD_LOSSES, [83000] * 3)
+    (tmp_path / "a_bench.txt").write_text("current fwd+bwd 5.049 ms\n")
+    done = run_script("summarize", tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"skipped {tmp_path / 'a_bench.txt'}: not a train log" in done.stdout
+    assert "finished runs: 3" in done.stdout and "verdict: RECORD" in done.stdout
+    named = run_script("summarize", tmp_path / "a_bench.txt")
+    assert named.returncode == 2 and "a_bench.txt:1: no source block" in named.stderr
+
+
+# ----- Upstream logs -----
+
+RULE = "=" * 100
+BANNER = "\n\n" + "-" * 40 + "\n# {}\n" + "-" * 40 + "\n\n"
+KERNELS = "import triton\n\ndef kernel():\n    pass\n"
+
+
+def upstream_script(writes_with: str) -> str:
+    """A stand-in for upstream's train_gpt.py: it reads itself into `code` and logs it with print0 or f.write."""
+    log_it = {"print": "print0(code)\nprint0('=' * 100)\n", "write": "    f.write(code)\n"}[writes_with]
+    return ("import sys\nwith open(sys.argv[0]) as f:\n    code = f.read()\n" + log_it
+            + "print(f'step:{1}/{2} train_time:{3}ms step_avg:{4}ms')\n\n")
+
+
+def upstream_steps(total: int, final_loss: float, time_ms: int, train_loss: bool) -> str:
+    lines = []
+    for s in range(total + 1):
+        t = time_ms * s // total
+        avg = "nan" if s < 2 else f"{t / s:.2f}"
+        loss = f" train_loss:{final_loss + 0.1:.4f}" if train_loss else ""
+        if s:
+            lines.append(f"step:{s}/{total}{loss} train_time:{t}ms step_avg:{avg}ms")
+        if s % 5 == 0:
+            val = final_loss + (10.8258 - final_loss) * (1 - s / total) ** 2
+            lines.append(f"step:{s}/{total} val_loss:{val:.4f} train_time:{t}ms step_avg:{avg}ms")
+    return "\n".join(lines) + "\n"
+
+
+def upstream_log(path: Path, layout: str, final_loss=3.2785, time_ms=180000, total=20) -> dict[str, bytes]:
+    """Write a log in one of upstream's layouts; returns the files it holds, as they were on disk."""
+    env = ("Running Python 3.12.7 (main, Jan 17 2025) [GCC 13.2.0]\n"
+           "Running PyTorch 2.10.0+cu128 compiled for CUDA 12.8\nnvidia-smi:\n| NVIDIA-SMI 580.82 |\n\n")
+    if layout == "2024":  # rule, source (f.write), rule, environment, rule, steps with train_loss
+        files = {"train_gpt.py": upstream_script("write")}
+        text = f"{RULE}\n{files['train_gpt.py']}{RULE}\n{env}{RULE}\n"
+    elif layout == "2025-write":  # source (f.write), rule, environment, rule
+        files = {"train_gpt.py": upstream_script("write")}
+        text = f"{files['train_gpt.py']}{RULE}\n{env}{RULE}\n"
+    elif layout == "2025-print":  # source, print's newline, rule, environment, rule
+        files = {"train_gpt.py": upstream_script("print")}
+        text = f"{files['train_gpt.py']}\n{RULE}\n{env}{RULE}\n"
+    else:  # 2026: several files, each after a banner, printed as one; then as 2025
+        files = {"train_gpt.py": upstream_script("print"), "triton_kernels.py": KERNELS,
+                 "more_kernels.py": KERNELS.replace("kernel", "other")}
+        code = files["train_gpt.py"] + "".join(BANNER.format(n) + files[n] for n in list(files)[1:])
+        text = f"{code}\n{RULE}\n{env}{RULE}\nCompiling model and warming up kernels\n"
+    text += upstream_steps(total, final_loss, time_ms, train_loss=layout == "2024")
+    text += "peak memory allocated: 30908 MiB reserved: 46472 MiB\n"
+    path.write_text(text)
+    return {name: data.encode() for name, data in files.items()}
+
+
+UPSTREAM_LAYOUTS = ["2024", "2025-write", "2025-print", "2026"]
+
+
+@pytest.mark.parametrize("layout", UPSTREAM_LAYOUTS)
+def test_upstream_sources_are_recovered_exactly(tmp_path, layout, capsys):
+    files = upstream_log(tmp_path / "u.txt", layout)
+    out = tmp_path / "rec" / "train_gpt.py"
+    assert recover.main([str(tmp_path / "u.txt"), "-o", str(out)]) == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(files)
+    for name, data in files.items():
+        assert (out.parent / name).read_bytes() == data, name
+    assert "no sha256 declared to verify against" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("layout", UPSTREAM_LAYOUTS)
+def test_upstream_steps_are_read(tmp_path, layout):
+    upstream_log(tmp_path / "u.txt", layout, final_loss=3.2771, time_ms=179527)
+    run = parse_log(tmp_path / "u.txt")
+    assert run.layout == "upstream" and run.status == "complete" and run.torch == "2.10.0+cu128"
+    assert [s.step for s in run.steps if s.val_loss is not None] == [0, 5, 10, 15, 20]
+    assert len(run.steps) == 25 and math.isnan(run.steps[1].step_avg_ms)
+    assert (run.final.val_loss, run.final.train_time_ms, run.final.steps, run.final.peak_memory_mib) == (
+        3.2771, 179527, 20, 30908)
+    assert (run.steps[-2].train_loss is not None) == (layout == "2024")
+
+
+def test_upstream_run_without_its_last_val_line_is_incomplete(tmp_path):
+    upstream_log(tmp_path / "u.txt", "2026")
+    log = tmp_path / "u.txt"
+    log.write_text(log.read_text().replace("step:20/20 val_loss", "step:19/20 val_loss").replace(
+        "step:20/20 train_time", "step:19/20 train_time"))
+    run = parse_log(log)
+    assert run.status == "incomplete" and run.final is None
+
+
+def test_upstream_runs_are_summarized_but_never_a_record(tmp_path):
+    for i, loss in enumerate(RECORD_LOSSES):
+        upstream_log(tmp_path / f"u{i}.txt", "2025-print", final_loss=loss, time_ms=170000 + 1000 * i)
+    done = run_script("summarize", tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "finished runs: 3" in done.stdout and "train time: mean 171.000 s" in done.stdout
+    assert f"val loss: mean {np.mean(RECORD_LOSSES):.4f}" in done.stdout and "t-test" not in done.stdout
+    assert done.stdout.endswith(
+        "verdict: not comparable: val_tokens unknown: upstream logs do not log it (u0, u1, u2); "
+        "world_size unknown: upstream logs do not log it (u0, u1, u2)\n")
+
+
+def test_upstream_log_cannot_be_rerun_without_a_command(tmp_path, capsys):
+    upstream_log(tmp_path / "u.txt", "2026")
+    assert recover.main([str(tmp_path / "u.txt"), "--run", "-o", str(tmp_path / "r" / "train_gpt.py")]) == 2
+    assert "no command: line to rerun (upstream logs hold none" in capsys.readouterr().err
+
+
+def test_text_file_with_a_rule_line_but_no_self_logging_code_is_not_a_log(tmp_path):
+    (tmp_path / "notes.txt").write_text(f"some notes\n{RULE}\nstep:1/2 train_time:1ms step_avg:1.00ms\n")
+    with pytest.raises(NotALogError):
+        parse_log(tmp_path / "notes.txt")
+
+
 # ----- Plots -----
 
 def test_plot_writes_a_png_with_curves(tmp_path):
@@ -511,6 +674,20 @@ def test_plot_writes_a_png_with_curves(tmp_path):
     for color in ((0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)):  # matplotlib's C0 and C1: one per run
         close = (np.abs(image - np.array(color)).sum(axis=2) < 30).sum()
         assert close > 200, color
+
+
+def test_plot_draws_upstream_logs_beside_ours(tmp_path, capsys):
+    from PIL import Image
+    ours = write_log(tmp_path / "ours.txt")
+    upstream_log(tmp_path / "upstream.txt", "2026")
+    (tmp_path / "bench.txt").write_text("not a log\n")
+    out = tmp_path / "losses.png"
+    assert plot.main([str(tmp_path), "-o", str(out)]) == 0
+    assert f"skipped {tmp_path / 'bench.txt'}: not a train log" in capsys.readouterr().out
+    image = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    for color in ((0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)):  # C0: ours.txt, C1: upstream.txt (name order)
+        assert (np.abs(image - np.array(color)).sum(axis=2) < 30).sum() > 200, color
+    assert ours.exists()
 
 
 # ----- Records table -----
@@ -611,6 +788,13 @@ def test_record_folder_without_logs_is_an_error(tmp_path, capsys):
 
 
 # ----- Command lines -----
+
+def test_ci_checks_the_records_table():
+    # README says CI runs `records/table.py --check`; .ci/run must, and must fail when the check fails.
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "set -euo pipefail" in ci
+    assert any(line.split()[1:3] == ["records/table.py", "--check"] for line in ci.splitlines()
+               if line.startswith("python3 "))
 
 @pytest.mark.parametrize("name", ["recover", "summarize", "plot", "table"])
 def test_every_script_has_help(name):
