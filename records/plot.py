@@ -1,4 +1,5 @@
 """Plot the loss curves of several logs in one PNG: loss against step (left) and against train time (right).
+Upstream's published logs plot beside ours, labelled as such.
 
     python records/plot.py records/2026-11-23_baseline/ logs/new.txt -o compare.png
 """
@@ -13,7 +14,7 @@ import matplotlib.pyplot as plt
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from records.logfile import LogFormatError, RunLog, log_paths, parse_log
+from records.logfile import LogFormatError, RunLog, load_logs
 from records.summarize import TARGET
 
 
@@ -27,7 +28,9 @@ def plot(runs: list[RunLog], out: Path, target: float = TARGET, ylim=None, title
     fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
     for i, run in enumerate(runs):
         color = f"C{i % 10}"
-        label = run.name if run.status == "complete" else f"{run.name} ({run.status})"
+        notes = [n for n in ("upstream" if run.layout == "upstream" else None,
+                             None if run.status == "complete" else run.status) if n]
+        label = f"{run.name} ({', '.join(notes)})" if notes else run.name
         steps, seconds, train = curves(run, "train_loss")
         by_step.plot(steps, train, color=color, lw=0.7, alpha=0.35)
         by_time.plot(seconds, train, color=color, lw=0.7, alpha=0.35)
@@ -58,11 +61,15 @@ def main(argv=None) -> int:
     parser.add_argument("--title", help="figure title")
     args = parser.parse_args(argv)
     try:
-        runs = [parse_log(p) for p in log_paths(args.logs)]
+        runs, skipped = load_logs(args.logs)
+        if not runs:
+            raise ValueError("none of the files is a train log")
         plot(runs, Path(args.out), args.target, args.ylim, args.title)
     except (LogFormatError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    for item in skipped:
+        print(f"skipped {item}")
     print(f"wrote {args.out}")
     return 0
 

@@ -7,7 +7,8 @@ header block, `key: value` lines ended by a blank line:
     description: Baseline: ...
     authors: ...            (optional)
 
-The record's time is computed from its logs (mean final train_time of the runs that finished), never typed.
+The record's time is computed from its logs (mean final train_time of the runs that finished), never typed. A
+folder whose logs do not earn the verdict RECORD (summarize.py) is refused, never listed.
 The table replaces whatever lies between the lines <!-- records:begin --> and <!-- records:end -->.
 
     python records/table.py            # rewrite README.md
@@ -72,8 +73,8 @@ def read_record(folder: Path) -> Record:
     if not logs:
         raise ValueError(f"{folder}: a record folder needs its logs (*.txt)")
     summary = summarize([parse_log(p) for p in logs])
-    if summary["n"] == 0:
-        raise ValueError(f"{folder}: none of its {len(logs)} logs is of a finished run")
+    if not summary["is_record"]:
+        raise ValueError(f"{folder}: not a record, its logs' verdict is: {summary['verdict']}")
     return Record(folder, day, header["description"], summary["train_time_ms_mean"], len(logs))
 
 
