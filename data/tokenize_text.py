@@ -1,21 +1,23 @@
 """Turn local text into FineWeb-format token shards with the GPT-2 encoding.
 
-    python data/tokenize_text.py corpus/*.jsonl.xz --out_dir data/shards --val_docs 600
+    python data/tokenize_text.py corpus/*.jsonl.xz --out_dir data/text --encoder_json path/to/encoder.json
 
 Inputs are files or directories (searched recursively, sorted): `.jsonl` holds one document a line in its "text"
-field; a `.txt` file is one whole document. Either may be compressed (`.gz`, `.xz`). Documents are taken in input
-order, each preceded by <|endoftext|> (50256), and encoded as plain text (a literal "<|endoftext|>" inside a
-document is not the special token). Validation documents are split off deterministically: `--val_docs K` takes the
-first K documents; `--val_fraction F` takes each document whose sha256 falls in the lowest fraction F, so the choice
-depends only on the text, not on the order. Output: {prefix}_val_000000.bin, ... and {prefix}_train_000001.bin, ...,
-each full shard holding --shard_tokens tokens (a document may continue in the next shard).
+field; a `.txt` file is one whole document. Either may be compressed (`.gz`, `.xz`). The documents of all inputs
+are shuffled together with a fixed seed (`--seed`), so every shard mixes the sources; each is preceded by
+<|endoftext|> (50256) and encoded as plain text (a literal "<|endoftext|>" inside a document is not the special
+token). Validation is the first whole documents of the shuffled order that together hold at least
+`--val_tokens` + 1 tokens (the trainer's last target is one token past its val_tokens); a training document
+whose text equals a validation document's is dropped, so no validation text is trained on. Output:
+{prefix}_val_000000.bin, ... and {prefix}_train_000001.bin, ..., each full shard holding --shard_tokens tokens
+(a document may continue in the next shard). The same inputs, in the same order, and seed give byte-identical
+shards whatever the number of workers.
 
 The encoding is tiktoken's `gpt2` when it loads (it downloads once, then caches); without internet, pass
 --encoder_json (GPT-2's encoder.json) and the same encoding is built offline.
 """
 import argparse
 import gzip
-import hashlib
 import json
 import lzma
 import multiprocessing as mp
@@ -33,6 +35,7 @@ from data.shards import write_shard
 # GPT-2's pre-tokenizer regex (tiktoken's r50k_base / gpt2 pattern).
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 EOT = "<|endoftext|>"
+VAL_TOKENS = 32 * 65_536  # 2,097,152: 32 sequences of the trainer's val_seq_len 65,536
 TIKTOKEN_TIMEOUT_S = 30
 
 
@@ -95,30 +98,32 @@ def expand_inputs(inputs) -> list[Path]:
             files.append(name)
         else:
             raise SystemExit(f"error: {name} is not a directory or a .txt / .jsonl file (optionally .gz / .xz)")
+    seen = {}
+    for path in files:
+        if path.resolve() in seen:
+            raise SystemExit(f"error: {path} is given twice (also as {seen[path.resolve()]}); its documents would "
+                             "be counted twice and could land in both validation and training")
+        seen[path.resolve()] = path
     return files
 
 
-def documents(files):
-    """Yields each document's text, in input order."""
-    for path in files:
-        with open_text(path) as f:
-            if ".jsonl" not in path.suffixes:
-                yield f.read()
+def read_documents(path: Path) -> list[str]:
+    """The documents of one input file, in file order."""
+    with open_text(path) as f:
+        if ".jsonl" not in path.suffixes:
+            return [f.read()]
+        docs = []
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
                 continue
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    record = None
-                if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                    raise SystemExit(f"error: {path}:{line_no}: expected a JSON object with a string \"text\" field")
-                yield record["text"]
-
-
-def text_hash_fraction(text: str) -> float:
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") / 2**64
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                raise SystemExit(f"error: {path}:{line_no}: expected a JSON object with a string \"text\" field")
+            docs.append(record["text"])
+        return docs
 
 
 _encoding = None  # set in each worker
@@ -129,24 +134,19 @@ def init_worker(encoder_json):
     _encoding = load_encoding(encoder_json)
 
 
-def encode_document(text: str) -> tuple[np.ndarray, float]:
-    """-> (<|endoftext|> followed by the text's tokens, the text's hash as a fraction in [0, 1))."""
+def encode_document(text: str) -> np.ndarray:
+    """<|endoftext|> followed by the text's tokens."""
     ids = _encoding.encode_ordinary(text)
     tokens = np.empty(len(ids) + 1, dtype=np.uint16)
     tokens[0] = _encoding.eot_token
     tokens[1:] = ids
-    return tokens, text_hash_fraction(text)
+    return tokens
 
 
-def batched(items, n):
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+def validation_count(lengths: list[int], val_tokens: int) -> int:
+    """How many leading documents it takes to hold at least val_tokens + 1 tokens; 0 when they never do."""
+    reached = np.cumsum(lengths) >= val_tokens + 1
+    return int(np.argmax(reached)) + 1 if reached.any() else 0
 
 
 class ShardWriter:
@@ -173,42 +173,63 @@ class ShardWriter:
             self.index, self.filled = self.index + 1, 0
 
 
-def tokenize(files, out_dir: Path, encoder_json=None, val_docs=None, val_fraction=None,
-             shard_tokens=100_000_000, workers=None, prefix="fineweb") -> dict:
+SPLITS = ("val", "train", "dropped")  # dropped: a training document whose text is also a validation document
+
+
+def tokenize(files, out_dir: Path, encoder_json=None, val_tokens=VAL_TOKENS, seed=0, shard_tokens=100_000_000,
+             workers=None, prefix="fineweb") -> dict:
     from tqdm import tqdm
 
     load_encoding(encoder_json)  # fail here, once, rather than in every worker
-    out_dir.mkdir(parents=True, exist_ok=True)
     stale = sorted(out_dir.glob(f"{prefix}_train_*.bin")) + sorted(out_dir.glob(f"{prefix}_val_*.bin"))
     if stale:
         raise SystemExit(f"error: {out_dir} already holds {prefix} shards ({stale[0].name}, ...); "
                          "choose an empty --out_dir or remove them, so old and new shards do not mix")
-    val = ShardWriter(out_dir, prefix, "val", 0, shard_tokens)
-    train = ShardWriter(out_dir, prefix, "train", 1, shard_tokens)
-    n_docs = [0, 0]  # val, train
-
-    def add(results):
-        for tokens, fraction in results:
-            is_val = sum(n_docs) < val_docs if val_docs is not None else fraction < val_fraction
-            (val if is_val else train).add(tokens)
-            n_docs[not is_val] += 1
-            progress.update(len(tokens))
-
+    texts, source = [], []  # source[d]: index in files of document d
+    for i, path in enumerate(files):
+        docs = read_documents(path)
+        texts += docs
+        source += [i] * len(docs)
+    order = np.random.default_rng(seed).permutation(len(texts))
+    # imap keeps the input order whatever the number of workers, so the shards do not depend on it.
     with mp.get_context("spawn").Pool(workers, initializer=init_worker, initargs=(encoder_json,)) as pool, \
-            tqdm(unit="tok", unit_scale=True, desc="tokenizing") as progress:
-        # One batch of documents in flight ahead of the one being written: workers stay busy, memory stays bounded.
-        pending = None
-        for batch in batched(documents(files), 1024):
-            submitted = pool.map_async(encode_document, batch, chunksize=16)
-            if pending is not None:
-                add(pending.get())
-            pending = submitted
-        if pending is not None:
-            add(pending.get())
-    val.flush()
-    train.flush()
-    return dict(val_shards=val.paths, train_shards=train.paths, val_tokens=val.total, train_tokens=train.total,
-                val_docs=n_docs[0], train_docs=n_docs[1])
+            tqdm(total=len(texts), unit="doc", desc="tokenizing") as progress:
+        tokens = []
+        for doc_tokens in pool.imap(encode_document, (texts[d] for d in order), chunksize=64):
+            tokens.append(doc_tokens)
+            progress.update()
+    n_val = validation_count([len(t) for t in tokens], val_tokens)
+    total = sum(len(t) for t in tokens)
+    if n_val == 0 or n_val == len(order):
+        raise SystemExit(f"error: the inputs hold {len(texts)} documents, {total} tokens: not enough for "
+                         f"--val_tokens={val_tokens} + 1 validation tokens in whole documents and any training "
+                         "documents besides")
+    val_texts = {texts[d] for d in order[:n_val]}
+    split_of = ["val"] * n_val + ["dropped" if texts[d] in val_texts else "train" for d in order[n_val:]]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    writers = {"val": ShardWriter(out_dir, prefix, "val", 0, shard_tokens),
+               "train": ShardWriter(out_dir, prefix, "train", 1, shard_tokens)}
+    per_file = [{"file": str(path), **{f"{s}_{k}": 0 for s in SPLITS for k in ("docs", "tokens")}} for path in files]
+    for d, split, doc_tokens in zip(order, split_of, tokens):
+        if split in writers:
+            writers[split].add(doc_tokens)
+        per_file[source[d]][f"{split}_docs"] += 1
+        per_file[source[d]][f"{split}_tokens"] += len(doc_tokens)
+    for writer in writers.values():
+        writer.flush()
+    totals = {key: sum(row[key] for row in per_file) for key in per_file[0] if key != "file"}
+    return dict(val_shards=writers["val"].paths, train_shards=writers["train"].paths, per_file=per_file, **totals)
+
+
+def summary(stats: dict) -> str:
+    """Documents and tokens per split, per input file and in total."""
+    header = ["input"] + [f"{s} {k}" for s in SPLITS for k in ("docs", "tokens")]
+    rows = [[row["file"]] + [str(row[f"{s}_{k}"]) for s in SPLITS for k in ("docs", "tokens")]
+            for row in stats["per_file"]]
+    rows.append(["total"] + [str(stats[f"{s}_{k}"]) for s in SPLITS for k in ("docs", "tokens")])
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                     for r in [header] + rows)
 
 
 def main(argv=None) -> None:
@@ -216,21 +237,21 @@ def main(argv=None) -> None:
     parser.add_argument("inputs", nargs="+", help=".txt / .jsonl files (optionally .gz / .xz) or directories")
     parser.add_argument("--out_dir", type=Path, required=True)
     parser.add_argument("--encoder_json", help="GPT-2's encoder.json: build the gpt2 encoding offline")
-    split = parser.add_mutually_exclusive_group()
-    split.add_argument("--val_docs", type=int, help="the first K documents (input order) are validation")
-    split.add_argument("--val_fraction", type=float, default=0.01,
-                       help="documents whose text hash falls in this lowest fraction are validation (default 0.01)")
+    parser.add_argument("--val_tokens", type=int, default=VAL_TOKENS,
+                        help=f"validation holds whole documents with at least this + 1 tokens (default {VAL_TOKENS})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the document shuffle (default 0)")
     parser.add_argument("--shard_tokens", type=int, default=100_000_000)
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all CPU cores)")
     parser.add_argument("--prefix", default="fineweb")
     args = parser.parse_args(argv)
+    if args.val_tokens < 1 or args.shard_tokens < 1:
+        parser.error("--val_tokens and --shard_tokens must be positive")
     start = time.time()
-    stats = tokenize(expand_inputs(args.inputs), args.out_dir, args.encoder_json, args.val_docs,
-                     None if args.val_docs is not None else args.val_fraction, args.shard_tokens, args.workers,
-                     args.prefix)
-    print(f"{len(stats['val_shards'])} val + {len(stats['train_shards'])} train shards in {args.out_dir}: "
-          f"val {stats['val_docs']} docs {stats['val_tokens']} tokens, "
-          f"train {stats['train_docs']} docs {stats['train_tokens']} tokens, {time.time() - start:.1f}s")
+    stats = tokenize(expand_inputs(args.inputs), args.out_dir, args.encoder_json, args.val_tokens, args.seed,
+                     args.shard_tokens, args.workers, args.prefix)
+    print(summary(stats))
+    print(f"{len(stats['val_shards'])} val + {len(stats['train_shards'])} train shards in {args.out_dir} "
+          f"(seed {args.seed}, {time.time() - start:.1f}s)")
 
 
 if __name__ == "__main__":

@@ -89,49 +89,118 @@ def corpus(tmp_path):
     return [str(root), str(tmp_path / "last.jsonl")]
 
 
-def expected_stream(encoder_json, docs):
+def documents_in(encoder_json, paths) -> list[str]:
+    """The documents a run of shards holds, in order: split at each <|endoftext|>, decode each."""
     enc = encoding_from_encoder_json(encoder_json)
-    return sum(([BOS] + enc.encode_ordinary(d) for d in docs), [])
+    tokens = sum((read_tokens(p) for p in paths), [])
+    assert tokens and tokens[0] == BOS
+    starts = [i for i, t in enumerate(tokens) if t == BOS] + [len(tokens)]
+    return [enc.decode(tokens[a + 1:b]) for a, b in zip(starts, starts[1:])]
 
 
-def test_tokenize_splits_first_docs_to_val_and_fills_train_shards(tmp_path, encoder_json, corpus):
+def tokenize_to(out, inputs, encoder_json, *options) -> tuple[list[str], list[str]]:
+    """Run the tool; -> (validation documents, training documents), each in shard order."""
+    tokenize_text.main([*map(str, inputs), "--out_dir", str(out), "--encoder_json", str(encoder_json), *options])
+    return (documents_in(encoder_json, sorted(out.glob("fineweb_val_*.bin"))),
+            documents_in(encoder_json, sorted(out.glob("fineweb_train_*.bin"))))
+
+
+def two_sources(tmp_path, n=200) -> list[Path]:
+    """Two inputs of n documents each, of varied lengths: a.jsonl holds 'hello a<i> ...', b.jsonl.xz 'world b<i>'."""
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl.xz"
+    a.write_text("".join(json.dumps({"text": f"hello a{i}" + " x" * (i % 7)}) + "\n" for i in range(n)))
+    with lzma.open(b, "wt", encoding="utf-8") as f:
+        f.write("".join(json.dumps({"text": f"world b{i}" + "!" * (i % 5)}) + "\n" for i in range(n)))
+    return [a, b]
+
+
+def test_validation_count_takes_whole_documents_up_to_val_tokens_plus_one():
+    assert tokenize_text.validation_count([3, 4, 5], 6) == 2  # 3 + 4 = 7 = 6 + 1
+    assert tokenize_text.validation_count([3, 4, 5], 7) == 3  # 7 tokens leave no last target for 7 inputs
+    assert tokenize_text.validation_count([3, 4, 5], 12) == 0
+
+
+def test_tokenize_shuffles_documents_of_all_inputs_into_mixed_shards(tmp_path, encoder_json):
+    inputs = two_sources(tmp_path)
+    val, train = tokenize_to(tmp_path / "out", inputs, encoder_json, "--val_tokens", "60", "--seed", "0",
+                             "--shard_tokens", "500", "--workers", "2")
+    everything = [f"hello a{i}" + " x" * (i % 7) for i in range(200)] + [f"world b{i}" + "!" * (i % 5)
+                                                                         for i in range(200)]
+    assert sorted(val + train) == sorted(everything) and not set(val) & set(train)
+    assert {d[:5] for d in val} == {"hello", "world"}  # validation draws on both inputs
+    first_shard = documents_in(encoder_json, [tmp_path / "out" / "fineweb_train_000001.bin"])
+    assert {d[:5] for d in first_shard[1:-1]} == {"hello", "world"}  # so does every training shard
+    assert train != sorted(train, key=everything.index)  # not the input order
+    again = tokenize_to(tmp_path / "same", inputs, encoder_json, "--val_tokens", "60", "--workers", "1")
+    other = tokenize_to(tmp_path / "other", inputs, encoder_json, "--val_tokens", "60", "--seed", "1",
+                        "--workers", "1")
+    assert again == (val, train) and other[1] != train
+
+
+def test_validation_is_the_fewest_leading_documents_holding_val_tokens_plus_one(tmp_path, encoder_json):
     out = tmp_path / "out"
-    tokenize_text.main([*corpus, "--out_dir", str(out), "--encoder_json", str(encoder_json), "--val_docs", "2",
-                        "--shard_tokens", "8", "--workers", "2", "--prefix", "fineweb"])
-    assert read_tokens(out / "fineweb_val_000000.bin") == expected_stream(encoder_json, DOCS[:2])[:8]
-    val = sum((read_tokens(p) for p in sorted(out.glob("fineweb_val_*.bin"))), [])
-    assert val == expected_stream(encoder_json, DOCS[:2])
-    train_files = sorted(out.glob("fineweb_train_*.bin"))
-    assert train_files[0].name == "fineweb_train_000001.bin" and len(train_files) > 2
-    train = [read_tokens(p) for p in train_files]
-    assert all(len(t) == 8 for t in train[:-1]) and 0 < len(train[-1]) <= 8
-    expected = expected_stream(encoder_json, DOCS[2:])
-    assert sum(train, []) == expected
-    assert expected.count(BOS) == len(DOCS) - 2  # the literal "<|endoftext|>" in a document stays text
-    assert expected[:4] == [BOS, 259, 220, 259]  # "hello hello": no "Ġhello" token, so " " then "hello"
+    val, train = tokenize_to(out, two_sources(tmp_path), encoder_json, "--val_tokens", "300", "--workers", "1",
+                             "--shard_tokens", "128")
+    val_tokens = sum((read_tokens(p) for p in sorted(out.glob("fineweb_val_*.bin"))), [])
+    last_doc = len(val_tokens) - val_tokens[::-1].index(BOS) - 1
+    assert len(val_tokens) >= 301 and last_doc < 301  # without its last document it would fall short
+    assert sorted(out.glob("fineweb_val_*.bin"))[-1].name == f"fineweb_val_{len(val_tokens) // 128:06d}.bin"
 
 
-def test_tokenize_val_fraction_depends_only_on_text(tmp_path, encoder_json, corpus):
+def test_training_copies_of_a_validation_document_are_dropped(tmp_path, encoder_json):
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in ["same"] * 5 + ["hello"] * 5))
+    chosen = set()
+    for seed in range(4):
+        val, train = tokenize_to(tmp_path / str(seed), [tmp_path / "a.jsonl"], encoder_json, "--val_tokens", "1",
+                                 "--seed", str(seed), "--workers", "1")
+        assert len(val) == 1 and train == ["same" if val == ["hello"] else "hello"] * 5
+        chosen.add(val[0])
+    assert chosen == {"same", "hello"}  # both ways round were checked
+
+
+def test_shards_are_identical_for_any_worker_count(tmp_path, encoder_json):
+    # Documents of very different lengths: workers finish their batches out of order.
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": f"hello {i}" + " world" * (i % 9) ** 4}) + "\n"
+                                              for i in range(1500)))
+    inputs = [tmp_path / "a.jsonl"]
     runs = []
-    for name, inputs in (("fwd", corpus), ("rev", corpus[::-1])):
-        out = tmp_path / name
-        tokenize_text.main([*inputs, "--out_dir", str(out), "--encoder_json", str(encoder_json),
-                            "--val_fraction", "0.5", "--workers", "1", "--prefix", "p"])
-        runs.append(read_tokens(out / "p_val_000000.bin"))
-    chosen = [d for d in DOCS if tokenize_text.text_hash_fraction(d) < 0.5]
-    assert 0 < len(chosen) < len(DOCS)
-    assert sorted(runs[0]) == sorted(runs[1]) == sorted(expected_stream(encoder_json, chosen))
-    assert runs[0] == expected_stream(encoder_json, chosen)
+    for workers in ("1", "3"):
+        out = tmp_path / workers
+        tokenize_text.main([*map(str, inputs), "--out_dir", str(out), "--encoder_json", str(encoder_json),
+                            "--val_tokens", "200", "--shard_tokens", "100000", "--workers", workers])
+        runs.append({p.name: p.read_bytes() for p in sorted(out.glob("*.bin"))})
+    assert len(runs[0]) > 3 and runs[0] == runs[1]
 
 
-def test_tokenize_script_runs_from_command_line(tmp_path, encoder_json, corpus):
+def test_tokenize_refuses_a_corpus_too_small_for_validation_and_writes_nothing(tmp_path, encoder_json):
+    (tmp_path / "a.jsonl").write_text(json.dumps({"text": "hello"}) + "\n" + json.dumps({"text": "world"}) + "\n")
+    with pytest.raises(SystemExit, match="2 documents, 6 tokens: not enough for --val_tokens=3"):
+        tokenize_to(tmp_path / "out", [tmp_path / "a.jsonl"], encoder_json, "--val_tokens", "3", "--workers", "1")
+    assert not (tmp_path / "out").exists()
+
+
+def test_tokenize_refuses_an_input_given_twice(tmp_path, encoder_json, corpus):
+    with pytest.raises(SystemExit, match="last.jsonl is given twice"):
+        tokenize_text.main([*corpus, corpus[1], "--out_dir", str(tmp_path / "out")])
+
+
+def test_tokenize_script_reads_every_input_kind_and_prints_a_summary(tmp_path, encoder_json, corpus):
     out = tmp_path / "out"
     result = subprocess.run([sys.executable, str(ROOT / "data" / "tokenize_text.py"), *corpus, "--out_dir", str(out),
-                             "--encoder_json", str(encoder_json), "--val_docs", "1", "--workers", "1"],
+                             "--encoder_json", str(encoder_json), "--val_tokens", "1", "--workers", "1"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "1 val + 1 train shards" in result.stdout
-    assert read_tokens(out / "fineweb_train_000001.bin") == expected_stream(encoder_json, DOCS[1:])
+    val = documents_in(encoder_json, [out / "fineweb_val_000000.bin"])
+    train = documents_in(encoder_json, [out / "fineweb_train_000001.bin"])
+    assert len(val) == 1 and sorted(val + train) == sorted(DOCS)  # the literal "<|endoftext|>" stays text
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["input"] + [w for s in ("val", "train", "dropped") for k in ("docs", "tokens")
+                                            for w in (s, k)]
+    rows = {line.split()[0]: [int(x) for x in line.split()[1:]] for line in lines[1:-1]}
+    assert rows[str(Path(corpus[0]) / "a.jsonl")][0:3:2] in ([1, 1], [0, 2])  # a.jsonl's 2 documents: val + train
+    assert rows["total"][:4] == [1, len(read_tokens(out / "fineweb_val_000000.bin")), len(DOCS) - 1,
+                                 len(read_tokens(out / "fineweb_train_000001.bin"))]
+    assert lines[-1].startswith(f"1 val + 1 train shards in {out} (seed 0")
     again = subprocess.run([sys.executable, str(ROOT / "data" / "tokenize_text.py"), *corpus, "--out_dir", str(out),
                             "--encoder_json", str(encoder_json)], capture_output=True, text=True, timeout=120)
     assert again.returncode != 0 and "already holds fineweb shards" in again.stderr
