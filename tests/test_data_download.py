@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +26,11 @@ def shard_bytes(tmp_path: Path, name: str, n_tokens: int, seed: int) -> bytes:
 
 
 class FakeHub(http.server.ThreadingHTTPServer):
-    """Serves files: {name: bytes} at /datasets/<repo>/resolve/<revision>/<name>; logs every GET."""
+    """Serves files: {name: bytes} at /datasets/<repo>/resolve/<revision>/<name>; logs every HEAD and GET."""
 
     def __init__(self, files):
         super().__init__(("127.0.0.1", 0), HubHandler)
-        self.files, self.gets = files, []
+        self.files, self.heads, self.gets = files, [], []
 
     @property
     def url(self):
@@ -64,6 +65,7 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
         return name, body[start:]
 
     def do_HEAD(self):
+        self.server.heads.append(self.path)
         self._resolve()
 
     def do_GET(self):
@@ -85,11 +87,13 @@ def hub(tmp_path):
     server.server_close()
 
 
-def run_script(endpoint, local_dir, *args, no_sleep=False):
-    env = dict(os.environ, HF_ENDPOINT=endpoint, HF_HUB_DISABLE_TELEMETRY="1", HF_HOME=str(local_dir / "hf_home"))
-    # no_sleep: the hub client and our script back off for ~20 s per attempt on an unreachable hub; tests skip the waits.
-    prelude = "import time; time.sleep = lambda s: None; " if no_sleep else ""
-    code = (f"{prelude}import runpy, sys; sys.argv = [{str(SCRIPT)!r}] + sys.argv[1:]; "
+def run_script(endpoint, local_dir, *args, **env_vars):
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_ENDPOINT=endpoint, HF_HUB_DISABLE_TELEMETRY="1", HF_HOME=str(local_dir / "hf_home"), **env_vars)
+    # Every back-off (ours or the hub client's) is skipped and its seconds reported on the last line of stderr.
+    prelude = ("import atexit, sys, time; slept = []; time.sleep = slept.append; "
+               "atexit.register(lambda: print(f'slept:{sum(slept)}', file=sys.stderr)); ")
+    code = (f"{prelude}import runpy; sys.argv = [{str(SCRIPT)!r}] + sys.argv[1:]; "
             f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')")
     return subprocess.run([sys.executable, "-c", code, *args, "--local_dir", str(local_dir), "--repo_id", REPO],
                           env=env, capture_output=True, text=True, timeout=120)
@@ -155,13 +159,72 @@ def test_download_names_missing_file(hub, tmp_path):
     assert "fineweb_train_000003.bin is not in the Hugging Face dataset " + REPO in result.stderr
 
 
-def test_download_unreachable_hub_exits_with_clear_message(tmp_path):
+def error_line(result) -> str:
+    """The script's last line before the back-off report."""
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("slept:"), result.stderr
+    return lines[-2]
+
+
+def test_download_unreachable_hub_fails_at_once_with_clear_message(tmp_path):
     server = FakeHub({})  # bind a port, then close it: nothing listens there
     endpoint = server.url
     server.server_close()
-    result = run_script(endpoint, tmp_path / "fineweb10B", "1", "--retries", "2", no_sleep=True)
+    start = time.monotonic()
+    result = run_script(endpoint, tmp_path / "fineweb10B", "1")
+    assert time.monotonic() - start < 30  # generous: it makes one refused connection
     assert result.returncode != 0
-    last = result.stderr.strip().splitlines()[-1]
+    assert result.stderr.strip().splitlines()[-1] == "slept:0"  # no back-off, neither ours nor the hub client's
+    last = error_line(result)
     assert last.startswith("error: cannot reach the Hugging Face hub to download fineweb_val_000000.bin from " + REPO)
-    assert "HF_ENDPOINT" in last
-    assert result.stderr.count("retry") == 2
+    assert "HF_ENDPOINT" in last and "Offline use" in last
+
+
+def test_download_offline_mode_names_missing_shards_without_asking_hub(hub, tmp_path):
+    out = tmp_path / "fineweb10B"
+    out.mkdir()
+    (out / "fineweb_val_000000.bin").write_bytes(hub.files["fineweb_val_000000.bin"])
+    (out / "fineweb_train_000002.bin").write_bytes(hub.files["fineweb_train_000002.bin"][:-2])
+    result = run_script(hub.url, out, "2", HF_HUB_OFFLINE="1")
+    assert result.returncode != 0
+    assert error_line(result) == (
+        f"error: HF_HUB_OFFLINE is set and 2 shard(s) are missing or incomplete in {out}: fineweb_train_000001.bin, "
+        f"fineweb_train_000002.bin. Copy them there (README: Offline use), or unset HF_HUB_OFFLINE to download them.")
+    assert hub.heads == [] and hub.gets == []
+
+
+def test_download_offline_mode_accepts_complete_shards(hub, tmp_path):
+    out = tmp_path / "fineweb10B"
+    out.mkdir()
+    for name, body in hub.files.items():
+        (out / name).write_bytes(body)
+    result = run_script(hub.url, out, "2", HF_HUB_OFFLINE="1")
+    assert result.returncode == 0, result.stderr
+    assert "(0 downloaded, 3 already complete)" in result.stdout
+    assert hub.heads == [] and hub.gets == []
+
+
+def test_download_lost_connection_is_left_to_hub_client_retries(tmp_path, monkeypatch, capsys):
+    """The hub answers the first request, then hf_hub_download gives up (after its own retries): the script stops
+    with one clear line instead of retrying the whole download on top."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from data import cached_fineweb10B
+
+    calls = []
+
+    def lost(repo_id, filename, **kwargs):
+        calls.append(filename)
+        raise LocalEntryNotFoundError("cannot find the requested files in the local cache") from ConnectionError(
+            "[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda url, **kwargs: None)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lost)
+    monkeypatch.setattr(time, "sleep", lambda s: pytest.fail(f"slept {s} s"))
+    with pytest.raises(SystemExit) as e:
+        cached_fineweb10B.main(["1", "--local_dir", str(tmp_path / "fineweb10B"), "--repo_id", REPO])
+    assert calls == ["fineweb_val_000000.bin"]
+    assert str(e.value).startswith(f"error: cannot reach the Hugging Face hub to download fineweb_val_000000.bin "
+                                   f"from {REPO}: LocalEntryNotFoundError: cannot find the requested files in the "
+                                   f"local cache ([Errno -2] Name or service not known).")
