@@ -13,6 +13,7 @@ import hashlib
 import math
 import os
 import platform
+import re
 import resource
 import shlex
 import subprocess
@@ -1052,13 +1053,29 @@ def shard_length(path) -> int:
     return n_tokens
 
 
-def read_shard(path) -> torch.Tensor:
-    """-> uint16 tokens (CPU) of one shard, after checking its header and size."""
-    tokens = bytearray(2 * shard_length(path))
+def read_shard(path, vocab_size: int | None = None) -> torch.Tensor:
+    """-> uint16 tokens (CPU) of one shard, after checking its header and size (and that every token id is below
+    vocab_size, if given)."""
+    data = bytearray(2 * shard_length(path))
     with open(path, "rb") as f:
         f.seek(HEADER_INTS * 4)
-        f.readinto(tokens)
-    return torch.frombuffer(tokens, dtype=torch.uint16) if tokens else torch.empty(0, dtype=torch.uint16)
+        f.readinto(data)
+    tokens = torch.frombuffer(data, dtype=torch.uint16) if data else torch.empty(0, dtype=torch.uint16)
+    if vocab_size is not None and len(tokens):
+        largest = int(tokens.numpy().max())  # numpy: torch has no max for uint16 on CPU
+        if largest >= vocab_size:
+            raise ValueError(f"{path}: holds token id {largest}, not below --vocab_size={vocab_size}")
+    return tokens
+
+
+def train_fingerprint(files: list[str]) -> str:
+    """sha256 over each training shard's name, header and first MiB: which data a run trained on, at the cost of
+    reading 1 MiB a shard."""
+    digest = hashlib.sha256()
+    for path in files:
+        with open(path, "rb") as f:
+            digest.update(os.path.basename(path).encode() + f.read(HEADER_INTS * 4 + 2**20))
+    return digest.hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1078,8 +1095,9 @@ class TrainLoader:
     check_world_size has made sure world_size divides num_slices)."""
 
     def __init__(self, pattern: str, rank: int, world_size: int, num_slices: int = 8, align_to_bos: bool = True,
-                 device=torch.device("cpu")):
+                 device=torch.device("cpu"), vocab_size: int | None = None):
         self.files = find_shards(pattern)
+        self.vocab_size = vocab_size
         self.pattern, self.rank, self.num_slices, self.align_to_bos = pattern, rank, num_slices, align_to_bos
         self.slices_per_rank = num_slices // world_size
         self.device = torch.device(device)
@@ -1094,7 +1112,7 @@ class TrainLoader:
         return max(self.stream.shards_loaded - 1, 0) // len(self.files)
 
     def load_next_shard(self, s: TokenStream) -> TokenStream:
-        shard = read_shard(self.files[s.shards_loaded % len(self.files)]).to(torch.int32)
+        shard = read_shard(self.files[s.shards_loaded % len(self.files)], self.vocab_size).to(torch.int32)
         tokens = torch.cat([s.tokens[s.pos:], shard])
         return TokenStream(tokens, (tokens == BOS_ID).nonzero().flatten(), 0, s.shards_loaded + 1, s.start + s.pos)
 
@@ -1159,21 +1177,25 @@ class TrainLoader:
         return [(row[:-1], row[1:].to(torch.int64)) for row in own]
 
 
-def val_batches(pattern: str, val_tokens: int, val_seq_len: int, rank: int, world_size: int, device):
-    """-> iterator of (inputs int32, targets int64), each (val_seq_len,): sequences rank, rank + world_size, ... of
-    the first val_tokens (+1) tokens of the validation shards, so all ranks together always see the same tokens
-    (check_world_size has made sure the world size divides val_tokens // val_seq_len)."""
-    n_seqs = val_tokens // val_seq_len
+def read_val_tokens(pattern: str, val_tokens: int, vocab_size: int | None = None) -> torch.Tensor:
+    """-> the first val_tokens + 1 tokens of the validation shards (int32, CPU), checked once at the start."""
     files, shards = find_shards(pattern), []
     for path in files:
         if sum(map(len, shards)) > val_tokens:
             break
-        shards.append(read_shard(path).to(torch.int32))
+        shards.append(read_shard(path, vocab_size).to(torch.int32))
     tokens = torch.cat(shards)
     if len(tokens) < val_tokens + 1:
         raise ValueError(f"validation shards {files} hold {len(tokens)} tokens, fewer than "
                          f"--val_tokens={val_tokens} + 1 for the last target")
-    tokens = tokens[:val_tokens + 1]
+    return tokens[:val_tokens + 1]
+
+
+def val_batches(tokens: torch.Tensor, val_seq_len: int, rank: int, world_size: int, device):
+    """tokens: (N + 1,) from read_val_tokens -> iterator of (inputs int32, targets int64), each (val_seq_len,):
+    sequences rank, rank + world_size, ... so all ranks together always see the same tokens (check_world_size has
+    made sure the world size divides N // val_seq_len)."""
+    n_seqs = (len(tokens) - 1) // val_seq_len
     seqs = (tokens[i * val_seq_len:(i + 1) * val_seq_len + 1].to(device, non_blocking=True)
             for i in range(rank, n_seqs, world_size))
     return ((seq[:-1], seq[1:].to(torch.int64)) for seq in seqs)
@@ -1185,72 +1207,88 @@ def val_batches(pattern: str, val_tokens: int, val_seq_len: int, rank: int, worl
 @dataclasses.dataclass
 class Hyperparameters:
     # data
-    train_files: str = "data/fineweb10B/fineweb_train_*.bin"
-    val_files: str = "data/fineweb10B/fineweb_val_*.bin"
+    train_files: str = "data/fineweb10B/fineweb_train_*.bin"  # glob of training shards, read in sorted order
+    val_files: str = "data/fineweb10B/fineweb_val_*.bin"  # glob of validation shards
     val_tokens: int = 10_485_760  # the first 10,485,760 validation tokens: the public speedrun's yardstick
-    val_seq_len: int = 65_536
-    align_to_bos: bool = True
+    val_seq_len: int = 65_536  # validation sequence length (a multiple of 128)
+    align_to_bos: bool = True  # training slices start at a document's first token
     # batch: a step is `slices_per_step` slices of seq_len tokens, one per rank of an 8-GPU record run
-    slices_per_step: int = 8
+    slices_per_step: int = 8  # slices per step; the world size must divide it (the rest is accumulated)
     seq_lens: str = "16384,32768,49152"  # batch-size schedule: one seq_len per equal stage of training
-    num_iterations: int = 1750
+    num_iterations: int = 1750  # optimizer steps
     # model
     vocab_size: int = 50304  # 50257 padded to a multiple of 128
-    num_layers: int = 12
-    model_dim: int = 768
-    num_heads: int = 6
-    head_dim: int = 128
-    mlp_mult: int = 4
-    attn_gate_dim: int = 12
-    num_value_embeds: int = 3
+    num_layers: int = 12  # transformer blocks (even: U-net skips pair the halves)
+    model_dim: int = 768  # residual stream width
+    num_heads: int = 6  # attention heads; num_heads * head_dim = model_dim
+    head_dim: int = 128  # attention head width
+    mlp_mult: int = 4  # MLP hidden width = mlp_mult * model_dim
+    attn_gate_dim: int = 12  # residual channels that drive the per-head output gates
+    num_value_embeds: int = 3  # value embeddings, each feeding one block of each half
     attn_scale: float = 0.12  # QK-norm bounds q·k by head_dim, so the usual 1/sqrt(head_dim) is too soft
-    rope_base: float = 10000.0
-    logit_cap: float = 15.0
-    embed_std: float = 0.02
+    rope_base: float = 10000.0  # rotary embedding base
+    logit_cap: float = 15.0  # logits are cap·tanh(logits / cap)
+    embed_std: float = 0.02  # init std of the token embedding (and the tied LM head)
     window_pattern: str = "SSSLSSSLSSSL"  # per block: S short or L long sliding window
     window_min: int = 384  # long window at the start, in tokens; short windows are half the long one
     window_max: int = 1792  # long window at the end; windows move in FlexAttention blocks of 128 tokens
     fused_mlp: bool = True  # relu² fused into the MLP's matmuls (Triton, CUDA only): -27 ms a step, -3.4 GiB on H100
     # optimization
-    muon_lr: float = 0.05
-    muon_momentum_start: float = 0.85
-    muon_momentum: float = 0.95
-    momentum_warmup_steps: int = 300
-    muon_beta2: float = 0.95
-    muon_weight_decay: float = 0.01
-    adam_embed_lr: float = 0.3
-    adam_head_lr: float = 0.008
-    adam_scalar_lr: float = 0.04
-    adam_beta1: float = 0.8
-    adam_beta2: float = 0.95
+    muon_lr: float = 0.05  # NorMuon lr of the matrices (times MATRIX_PARAMS' lr_mul)
+    muon_momentum_start: float = 0.85  # NorMuon momentum at step 0 ...
+    muon_momentum: float = 0.95  # ... rising linearly to this
+    momentum_warmup_frac: float = 300 / 1750  # ... over this fraction of training
+    muon_beta2: float = 0.95  # NorMuon's second-moment decay
+    muon_weight_decay: float = 0.01  # cautious weight decay of the matrices, times the scheduled lr
+    adam_embed_lr: float = 0.3  # Adam lr of the token and value embeddings
+    adam_head_lr: float = 0.008  # Adam lr of the LM head
+    adam_scalar_lr: float = 0.04  # Adam lr of the gates and mixing scalars
+    adam_beta1: float = 0.8  # Adam's first-moment decay
+    adam_beta2: float = 0.95  # Adam's second-moment decay
     untie_frac: float = 2 / 3  # the embedding and LM head share weights until this fraction of training
-    lr_warmup_steps: int = 0
+    lr_warmup_steps: int = 0  # linear lr warm-up steps
     cooldown_frac: float = 0.45  # the last 45% of steps decay the learning rates linearly ...
     final_lr_frac: float = 0.1  # ... to this fraction
     # run
-    val_every: int = 125
+    val_every: int = 125  # validate every this many steps (0: only at the end)
     warmup_steps: int = 10  # kernel warm-up steps per batch shape, on dummy data, before the timed region
-    seed: int = 0
-    run_id: str = ""
-    log_dir: str = "logs"
+    seed: int = 0  # seed of the model's initialization
+    run_id: str = ""  # the log is log_dir/<run_id>.txt (default: a random id)
+    log_dir: str = "logs"  # where logs are written
     compile: bool = True  # torch.compile on CUDA (never on CPU)
-    save_checkpoint: bool = False
-    save_every: int = 0
-    checkpoint_dir: str = "checkpoints"
-    resume: str = ""
+    save_checkpoint: bool = False  # write checkpoint_dir/<run_id>_final.pt at the end
+    save_every: int = 0  # write checkpoint_dir/<run_id>_step<N>.pt every this many steps (0: never)
+    checkpoint_dir: str = "checkpoints"  # where checkpoints are written
+    resume: str = ""  # a checkpoint to continue from, with the hyperparameters it was written with
     bench_steps: int = 0  # > 0: time this many steps at the final batch size on synthetic data, print a table, exit
     bench_trace: str = ""  # with --bench_steps: profile 3 steps, print their kernels, write the trace here
+
     def __post_init__(self):
         def require(ok: bool, flag: str, why: str):
             if not ok:
                 raise ValueError(f"--{flag}={getattr(self, flag)}: {why}")
 
+        for flag in ("val_tokens", "val_seq_len", "slices_per_step", "num_iterations", "vocab_size", "num_layers",
+                     "model_dim", "num_heads", "head_dim", "mlp_mult", "attn_gate_dim", "attn_scale", "rope_base",
+                     "logit_cap", "embed_std", "muon_lr", "adam_embed_lr", "adam_head_lr", "adam_scalar_lr"):
+            require(getattr(self, flag) > 0, flag, "must be positive")
+        for flag in ("num_value_embeds", "muon_weight_decay", "lr_warmup_steps", "val_every", "warmup_steps",
+                     "save_every", "bench_steps"):
+            require(getattr(self, flag) >= 0, flag, "must not be negative")
+        for flag in ("muon_momentum_start", "muon_momentum", "muon_beta2", "adam_beta1", "adam_beta2"):
+            require(0 <= getattr(self, flag) < 1, flag, "must be in [0, 1)")
+        for flag in ("momentum_warmup_frac", "untie_frac", "final_lr_frac"):
+            require(0 <= getattr(self, flag) <= 1, flag, "must be in [0, 1]")
+        require(0 < self.cooldown_frac <= 1, "cooldown_frac", "must be in (0, 1]")
         require(self.num_heads * self.head_dim == self.model_dim, "model_dim", "must equal num_heads * head_dim")
         require(self.model_dim % 8 == 0 or not self.fused_mlp, "model_dim",
                 "must be a multiple of 8 with --fused_mlp: its kernel copies tiles by TMA, which needs 16-byte rows")
         require(self.num_layers % 2 == 0, "num_layers", "must be even (U-net skips pair the halves)")
+        require(self.attn_gate_dim <= self.model_dim, "attn_gate_dim", "must not exceed --model_dim")
         require(len(self.window_pattern) == self.num_layers and set(self.window_pattern) <= {"S", "L"},
                 "window_pattern", "needs one letter S or L per layer")
+        require(all(n.strip().isdigit() for n in self.seq_lens.split(",")), "seq_lens",
+                "must be comma-separated whole numbers")
         require(all(n > 0 and n % 128 == 0 for n in self.seq_len_stages), "seq_lens",
                 "must be positive multiples of 128 (FlexAttention's block size)")
         require(self.val_seq_len % 128 == 0, "val_seq_len", "must be a multiple of 128 (FlexAttention's block size)")
@@ -1258,8 +1296,7 @@ class Hyperparameters:
         require(self.window_min % 128 == 0 and self.window_max % 128 == 0, "window_min",
                 "--window_min and --window_max must be multiples of 128 (FlexAttention's block size)")
         require(self.val_tokens % self.val_seq_len == 0, "val_tokens", "must be a multiple of --val_seq_len")
-        require(self.num_iterations > 0, "num_iterations", "must be positive")
-        require(0 < self.cooldown_frac <= 1, "cooldown_frac", "must be in (0, 1]")
+        require(bool(self.bench_steps) or not self.bench_trace, "bench_trace", "needs --bench_steps")
 
     @property
     def seq_len_stages(self) -> list[int]:
@@ -1272,9 +1309,13 @@ class Hyperparameters:
 
 PRESETS = {
     "record": {},
+    # The record model and optimizers on one GPU in minutes: one 65,536-token sequence a step, 500 steps (32.8M
+    # tokens); every schedule is a fraction of the run, so it scales with the step count.
+    "proxy": dict(slices_per_step=1, seq_lens="65536", num_iterations=500, val_every=100, val_tokens=2_097_152,
+                  warmup_steps=3),
     "tiny": dict(num_layers=2, model_dim=64, num_heads=2, head_dim=32, attn_gate_dim=8, num_value_embeds=1,
                  window_pattern="SL", window_min=128, window_max=256, seq_lens="128", val_tokens=2048,
-                 val_seq_len=512, num_iterations=40, val_every=10, warmup_steps=1, momentum_warmup_steps=10),
+                 val_seq_len=512, num_iterations=40, val_every=10, warmup_steps=1, momentum_warmup_frac=0.25),
 }
 
 
@@ -1289,6 +1330,18 @@ def parse_value(flag: str, text: str, kind):
         raise ValueError(f"--{flag}={text}: expected a {kind.__name__}") from None
 
 
+def flag_help() -> str:
+    """Every flag with its default and the comment beside its field, read from this file's own source."""
+    source = SOURCE_BYTES.decode()
+    body = source[source.index("class Hyperparameters:"):source.index("    def __post_init__")]
+    comments = {m[1]: m[2] for m in re.finditer(r"^    (\w+): [^=]+=.*?(?:  # (.*))?$", body, re.M)}
+    lines = ["usage: python train_gpt.py [--preset=NAME] [--flag=value ...]   (torchrun for several GPUs)",
+             f"  --preset={'|'.join(PRESETS)}  starting values (default record); flags below override them"]
+    for f in dataclasses.fields(Hyperparameters):
+        lines.append(f"  --{f.name}={f.default}" + (f"  {comments[f.name]}" if comments.get(f.name) else ""))
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str]) -> Hyperparameters:
     """`--name=value` for any Hyperparameters field; `--preset=NAME` (one of PRESETS) picks the starting values."""
     fields = {f.name: f.type for f in dataclasses.fields(Hyperparameters)}
@@ -1296,13 +1349,15 @@ def parse_args(argv: list[str]) -> Hyperparameters:
     for arg in argv:
         name, eq, text = arg.removeprefix("--").partition("=")
         if not arg.startswith("--") or not eq:
-            raise ValueError(f"argument {arg!r}: expected --name=value")
+            raise ValueError(f"argument {arg!r}: expected --name=value (--help lists the flags)")
+        if name in overrides or (name == "preset" and any(a.startswith("--preset=") for a in argv[:argv.index(arg)])):
+            raise ValueError(f"--{name} is given twice")
         if name == "preset":
             preset = text
         elif name in fields:
             overrides[name] = parse_value(name, text, fields[name])
         else:
-            raise ValueError(f"unknown flag --{name}; known flags: --preset, {', '.join('--' + n for n in fields)}")
+            raise ValueError(f"unknown flag --{name} (--help lists the flags)")
     if preset not in PRESETS:
         raise ValueError(f"--preset={preset}: expected one of {', '.join(PRESETS)}")
     return Hyperparameters(**{**PRESETS[preset], **overrides})
@@ -1409,7 +1464,8 @@ def lr_scale(step: int, hp: Hyperparameters) -> float:
 
 
 def momentum_at(step: int, hp: Hyperparameters) -> float:
-    frac = min(step / hp.momentum_warmup_steps, 1.0) if hp.momentum_warmup_steps else 1.0
+    warmup = hp.momentum_warmup_frac * hp.num_iterations
+    frac = min(step / warmup, 1.0) if warmup else 1.0
     return (1 - frac) * hp.muon_momentum_start + frac * hp.muon_momentum
 
 
@@ -1526,10 +1582,11 @@ def train_step(model: GPT, forward, optimizers, batches, step: int, hp: Hyperpar
 
 
 @torch.no_grad()
-def evaluate(forward, step: int, hp: Hyperparameters, rank: int, world_size: int, device) -> float:
+def evaluate(forward, val_tokens: torch.Tensor, step: int, hp: Hyperparameters, rank: int, world_size: int,
+             device) -> float:
     windows = window_tensors(step, hp, device)
     total = torch.zeros((), device=device)
-    for inputs, targets in val_batches(hp.val_files, hp.val_tokens, hp.val_seq_len, rank, world_size, device):
+    for inputs, targets in val_batches(val_tokens, hp.val_seq_len, rank, world_size, device):
         total += forward(inputs, targets, windows).float()
     if world_size > 1:
         dist.all_reduce(total)
@@ -1667,24 +1724,53 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-def write_checkpoint(path: Path, model: GPT, optimizers, loader, step: int, hp: Hyperparameters, rank: int):
+# Fields a resumed run may change: where it reads, writes and logs, not what it trains.
+RESUMABLE_CHANGES = {"train_files", "val_files", "val_every", "warmup_steps", "run_id", "log_dir", "compile",
+                     "save_checkpoint", "save_every", "checkpoint_dir", "resume", "bench_steps", "bench_trace"}
+CHECKPOINT_KEYS = {"step", "train_time_ms", "tokens_seen", "tied", "model", "optimizers", "loader", "hparams"}
+
+
+def write_checkpoint(path: Path, model: GPT, optimizers, loader, step: int, train_time_ms: float, tokens_seen: int,
+                     hp: Hyperparameters, rank: int):
+    """Written to a temporary name and renamed, so a crash mid-save never leaves a complete-looking file."""
     optimizer_states = [opt.state_dict() for opt in optimizers]  # collective: every rank takes part
     if rank == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(dict(step=step, tied=model.tied, model=model.state_dict(), optimizers=optimizer_states,
-                        loader=loader.state_dict(), hparams=dataclasses.asdict(hp)), path)
+        partial = path.with_name(path.name + ".partial")
+        torch.save(dict(step=step, train_time_ms=train_time_ms, tokens_seen=tokens_seen, tied=model.tied,
+                        model=model.state_dict(), optimizers=optimizer_states, loader=loader.state_dict(),
+                        hparams=dataclasses.asdict(hp)), partial)
+        os.replace(partial, path)
 
 
-def load_checkpoint(path: str, model: GPT, optimizers, loader) -> int:
+def read_checkpoint(path: str, hp: Hyperparameters) -> dict:
+    """Load and check a checkpoint before any long work: readable, complete, written with these
+    hyperparameters (RESUMABLE_CHANGES aside) and with steps left to train."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--resume={path}: no such checkpoint file")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated or corrupt file fails in pickle, zip or torch, each its own way
+        raise ValueError(f"--resume={path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or CHECKPOINT_KEYS - ckpt.keys():
+        raise ValueError(f"--resume={path}: not a train_gpt.py checkpoint (it lacks "
+                         f"{sorted(CHECKPOINT_KEYS - (ckpt.keys() if isinstance(ckpt, dict) else set()))})")
+    differ = [f"{k}={ckpt['hparams'].get(k)!r} there, {v!r} here" for k, v in dataclasses.asdict(hp).items()
+              if k not in RESUMABLE_CHANGES and ckpt["hparams"].get(k) != v]
+    if differ:
+        raise ValueError(f"--resume={path}: written with other hyperparameters: {'; '.join(differ)}")
+    if ckpt["step"] >= hp.num_iterations:
+        raise ValueError(f"--resume={path}: written at step {ckpt['step']}, nothing is left before "
+                         f"--num_iterations={hp.num_iterations}")
+    return ckpt
+
+
+def restore_checkpoint(ckpt: dict, model: GPT, optimizers, loader) -> None:
     model.load_state_dict(ckpt["model"])
     model.tied = ckpt["tied"]
     for opt, state in zip(optimizers, ckpt["optimizers"]):
         opt.load_state_dict(state)
     loader.load_state_dict(ckpt["loader"])
-    return ckpt["step"]
 
 
 def check_loss(loss: torch.Tensor, step: int) -> float:
@@ -1704,29 +1790,41 @@ def train(hp: Hyperparameters, rank: int, world_size: int, device: torch.device,
         warmup_kernels(model, forward, optimizers, hp, rank, world_size, device, log)
         benchmark(model, forward, optimizers, hp, world_size, device, log)
         return float("nan")
-    loader = TrainLoader(hp.train_files, rank, world_size, hp.slices_per_step, hp.align_to_bos, device)
+    # All input is read and checked before the minutes of compiling that warm-up takes.
+    loader = TrainLoader(hp.train_files, rank, world_size, hp.slices_per_step, hp.align_to_bos, device,
+                         hp.vocab_size)
+    val_tokens = read_val_tokens(hp.val_files, hp.val_tokens, hp.vocab_size)
+    log(f"train_data:{train_fingerprint(loader.files)}")
+    log(f"val_data:{hashlib.sha256(val_tokens.numpy().tobytes()).hexdigest()}")
+    ckpt = read_checkpoint(hp.resume, hp) if hp.resume else None
     warmup_kernels(model, forward, optimizers, hp, rank, world_size, device, log)
-    start_step = load_checkpoint(hp.resume, model, optimizers, loader) if hp.resume else 0
-    train_time_ms, tokens_seen, epoch = 0.0, 0, loader.epoch
+    start_step, train_time_ms, tokens_seen = 0, 0.0, 0
+    if ckpt is not None:
+        restore_checkpoint(ckpt, model, optimizers, loader)
+        start_step, train_time_ms, tokens_seen = ckpt["step"], ckpt["train_time_ms"], ckpt["tokens_seen"]
+        log(f"resume_step:{start_step} resume_train_time:{train_time_ms:.0f}ms")
+        del ckpt
+    epoch = loader.epoch
     pending = None  # (step, loss tensor, train_time_ms) of the step whose line is not written yet
+
+    def log_step(done: int, loss: torch.Tensor, ms: float):
+        log(f"step:{done}/{hp.num_iterations} train_loss:{check_loss(loss, done):.4f} train_time:{ms:.0f}ms "
+            f"step_avg:{ms / done:.2f}ms")
+
     synchronize(device)
     t0 = time.perf_counter()
     step = start_step
     while True:
         last = step == hp.num_iterations
-        if pending is not None and (last or (hp.val_every and step % hp.val_every == 0)):
-            # A validation step waits for the GPU anyway: write the line of the step just taken first.
-            done, loss, ms = pending
-            log(f"step:{done}/{hp.num_iterations} train_loss:{check_loss(loss, done):.4f} train_time:{ms:.0f}ms "
-                f"step_avg:{ms / (done - start_step):.2f}ms")
-            pending = None
         if last or (hp.val_every and step % hp.val_every == 0):
+            if pending is not None:  # validation waits for the GPU anyway: the step just taken is logged first
+                log_step(*pending)
+                pending = None
             synchronize(device)
             train_time_ms += 1000 * (time.perf_counter() - t0)
-            val_loss = evaluate(forward, step, hp, rank, world_size, device)
-            step_avg = train_time_ms / max(step - start_step, 1)
+            val_loss = evaluate(forward, val_tokens, step, hp, rank, world_size, device)
             log(f"step:{step}/{hp.num_iterations} val_loss:{val_loss:.4f} train_time:{train_time_ms:.0f}ms "
-                f"step_avg:{step_avg:.2f}ms")
+                f"step_avg:{train_time_ms / max(step, 1):.2f}ms")
             if not math.isfinite(val_loss):
                 raise NonFiniteLoss(f"non-finite validation loss {val_loss} at step {step}")
             synchronize(device)
@@ -1741,9 +1839,7 @@ def train(hp: Hyperparameters, rank: int, world_size: int, device: torch.device,
             epoch = loader.epoch
             log(f"info:data wrapped around: step {step + 1} starts pass {epoch + 1} over {hp.train_files}")
         if pending is not None:  # the previous step's loss is ready by now: reading it does not stall the GPU
-            done, prev_loss, ms = pending
-            log(f"step:{done}/{hp.num_iterations} train_loss:{check_loss(prev_loss, done):.4f} train_time:{ms:.0f}ms "
-                f"step_avg:{ms / (done - start_step):.2f}ms")
+            log_step(*pending)
         tokens_seen += hp.slices_per_step * seq_len
         step += 1
         pending = (step, loss, train_time_ms + 1000 * (time.perf_counter() - t0))
@@ -1751,17 +1847,20 @@ def train(hp: Hyperparameters, rank: int, world_size: int, device: torch.device,
             synchronize(device)
             train_time_ms += 1000 * (time.perf_counter() - t0)
             write_checkpoint(Path(hp.checkpoint_dir) / f"{hp.run_id}_step{step}.pt", model, optimizers, loader,
-                             step, hp, rank)
+                             step, train_time_ms, tokens_seen, hp, rank)
             t0 = time.perf_counter()
     log(f"final_val_loss:{val_loss:.4f} train_time:{train_time_ms:.0f}ms steps:{step} "
         f"peak_memory:{peak_memory_mib(device)}MiB tokens_seen:{tokens_seen}")
     if hp.save_checkpoint:
-        write_checkpoint(Path(hp.checkpoint_dir) / f"{hp.run_id}_final.pt", model, optimizers, loader, step, hp,
-                         rank)
+        write_checkpoint(Path(hp.checkpoint_dir) / f"{hp.run_id}_final.pt", model, optimizers, loader, step,
+                         train_time_ms, tokens_seen, hp, rank)
     return val_loss
 
 
 def main(argv: list[str]) -> int:
+    if "--help" in argv or "-h" in argv:
+        print(flag_help())
+        return 0
     try:
         hp = parse_args(argv)
     except ValueError as e:
@@ -1770,17 +1869,27 @@ def main(argv: list[str]) -> int:
     rank, world_size, device = init_distributed()
     if not hp.run_id:
         hp.run_id = uuid.uuid4().hex[:12]  # only rank 0 writes, so only rank 0's id matters
-    log = Logger(Path(hp.log_dir) / f"{hp.run_id}.txt" if rank == 0 else None)
-    log_source(log)
-    log_environment(log, hp, world_size, device)
     try:
+        log = Logger(Path(hp.log_dir) / f"{hp.run_id}.txt" if rank == 0 else None)
+    except OSError as e:
+        print(f"error: --log_dir={hp.log_dir} --run_id={hp.run_id}: cannot write the log: {e}", file=sys.stderr)
+        return 1
+    try:
+        log_source(log)
+        log_environment(log, hp, world_size, device)
         check_world_size(hp, world_size)
         train(hp, rank, world_size, device, log)
         return 0
-    except (NonFiniteLoss, ValueError, FileNotFoundError) as e:
-        log(f"error:{e}")
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except BaseException as e:  # the log ends with error: whatever stopped the run, so tools can tell it died
+        message = f"{type(e).__name__}: {e}" if not isinstance(e, (NonFiniteLoss, ValueError, OSError)) else str(e)
+        try:
+            log(f"error:{message}".replace("\n", " "))
+        except OSError:
+            pass  # the log itself cannot be written (a full disk): stderr still says why
+        print(f"error: {message}", file=sys.stderr)
+        if isinstance(e, (NonFiniteLoss, ValueError, OSError, KeyboardInterrupt)):
+            return 130 if isinstance(e, KeyboardInterrupt) else 1
+        raise
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

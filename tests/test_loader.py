@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from data.tokenize_text import write_shard
-from train_gpt import BOS_ID, TrainLoader, read_shard, val_batches
+from train_gpt import BOS_ID, TrainLoader, read_shard, read_val_tokens, val_batches
 
 
 def make_shards(tmp_path, n_shards=3, n_tokens=400, split="train", seed=0):
@@ -93,8 +93,7 @@ def test_read_shard_names_missing_file(tmp_path):
 
 
 def test_loaders_name_the_download_command_when_no_files_match(tmp_path):
-    for make in (lambda: TrainLoader(pattern(tmp_path), 0, 1), lambda: val_batches(pattern(tmp_path, "val"), 8, 4,
-                                                                                      0, 1, "cpu")):
+    for make in (lambda: TrainLoader(pattern(tmp_path), 0, 1), lambda: read_val_tokens(pattern(tmp_path, "val"), 8)):
         with pytest.raises(FileNotFoundError) as e:
             make()
         assert "fineweb_" in str(e.value) and "python data/cached_fineweb10B.py 9" in str(e.value)
@@ -169,8 +168,8 @@ def val_tokens_seen(tmp_path, world_size, val_tokens=96, val_seq_len=8):
     """-> {sequence index: inputs + last target} over all ranks."""
     seen = {}
     for rank in range(world_size):
-        for j, (inputs, targets) in enumerate(val_batches(pattern(tmp_path, "val"), val_tokens, val_seq_len, rank,
-                                                          world_size, "cpu")):
+        tokens = read_val_tokens(pattern(tmp_path, "val"), val_tokens)
+        for j, (inputs, targets) in enumerate(val_batches(tokens, val_seq_len, rank, world_size, "cpu")):
             assert inputs.dtype == torch.int32 and targets.dtype == torch.int64
             assert inputs[1:].tolist() == targets[:-1].tolist()
             seen[rank + j * world_size] = inputs.tolist() + targets[-1:].tolist()
@@ -191,11 +190,21 @@ def test_val_batches_eight_ranks(tmp_path):
     assert seen == {i: stream[16 * i:16 * i + 17].tolist() for i in range(8)}
 
 
-def test_val_batches_reject_too_few_tokens(tmp_path):
+def test_validation_tokens_reject_too_few_tokens(tmp_path):
     make_shards(tmp_path, n_shards=1, n_tokens=100, split="val")
     with pytest.raises(ValueError, match="hold 100 tokens, fewer than --val_tokens=100 \\+ 1") as e:
-        val_batches(pattern(tmp_path, "val"), 100, 10, 0, 1, "cpu")
+        read_val_tokens(pattern(tmp_path, "val"), 100)
     assert "fineweb_val_000000.bin" in str(e.value)
+
+
+def test_token_ids_beyond_the_vocabulary_name_the_shard(tmp_path):
+    write_shard(tmp_path / "fineweb_val_000000.bin", [1, 2, 50303, 50304, 7])
+    write_shard(tmp_path / "fineweb_train_000001.bin", [BOS_ID, 60000] * 50)
+    with pytest.raises(ValueError, match="fineweb_val_000000.bin: holds token id 50304, not below --vocab_size=50304"):
+        read_val_tokens(pattern(tmp_path, "val"), 4, vocab_size=50304)
+    assert read_val_tokens(pattern(tmp_path, "val"), 4, vocab_size=50305).tolist() == [1, 2, 50303, 50304, 7]
+    with pytest.raises(ValueError, match="fineweb_train_000001.bin: holds token id 60000"):
+        TrainLoader(pattern(tmp_path), 0, 1, vocab_size=50304)
 
 
 @pytest.mark.parametrize("align", [True, False])

@@ -92,6 +92,93 @@ def test_resume_from_checkpoint_continues_exactly(shards, tmp_path):
     assert tg.main(tiny_args(shards, tmp_path, "resumed", "--num_iterations=6", f"--resume={ckpt}")) == 0
     full, resumed = val_losses(tmp_path / "full.txt"), val_losses(tmp_path / "resumed.txt")
     assert resumed[6] == pytest.approx(full[6], abs=1e-6)
+    # the resumed log carries the first segment's train time: its total is the whole run's
+    first, second = parse_log(tmp_path / "full.txt"), parse_log(tmp_path / "resumed.txt")
+    carried = next(s.train_time_ms for s in first.steps if s.step == 3)
+    assert second.resume_step == 3 and second.resume_train_time_ms == pytest.approx(carried, abs=1)
+    assert second.status == "complete" and second.final.train_time_ms > carried
+    assert second.final.tokens_seen == first.final.tokens_seen
+
+
+def test_checkpoint_is_written_whole_or_not_at_all(shards, tmp_path, monkeypatch):
+    def crash(obj, path):
+        Path(path).write_bytes(b"half a checkpoint")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(tg.torch, "save", crash)
+    assert tg.main(tiny_args(shards, tmp_path, "full", "--num_iterations=4", "--save_every=2")) == 1
+    assert not (tmp_path / "full_step2.pt").exists()
+    assert (tmp_path / "full.txt").read_text().splitlines()[-1] == "error:No space left on device"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(shards, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpt")
+    assert tg.main(tiny_args(shards, folder, "base", "--num_iterations=4", "--save_every=2",
+                             "--save_checkpoint=true")) == 0
+    return folder / "base_step2.pt"
+
+
+@pytest.mark.parametrize("damage, flags, message", [
+    ("truncate", [], "not a readable checkpoint"),
+    ("other", [], "not a train_gpt.py checkpoint"),
+    (None, ["--num_iterations=4", "--model_dim=128", "--head_dim=64"], "written with other hyperparameters: model_dim=64 there, 128 here"),
+    (None, ["--num_iterations=4", "--muon_lr=0.07"], "muon_lr=0.05 there, 0.07 here"),
+    ("final", [], "written at step 4, nothing is left before --num_iterations=4"),
+])
+def test_a_bad_checkpoint_gets_one_clear_error_before_warmup(shards, tmp_path, checkpoint, monkeypatch, damage,
+                                                             flags, message):
+    path = tmp_path / "ckpt.pt"
+    data = (checkpoint.parent / "base_final.pt" if damage == "final" else checkpoint).read_bytes()
+    if damage == "truncate":
+        data = data[:len(data) // 2]
+    elif damage == "other":
+        tg.torch.save({"weights": 1}, path)
+        data = path.read_bytes()
+    path.write_bytes(data)
+    monkeypatch.setattr(tg, "warmup_kernels", lambda *a: pytest.fail("warm-up ran before the checkpoint was checked"))
+    args = tiny_args(shards, tmp_path, "bad", *(flags or ["--num_iterations=4"]), f"--resume={path}")
+    assert tg.main(args) == 1
+    last = (tmp_path / "bad.txt").read_text().splitlines()[-1]
+    assert last.startswith(f"error:--resume={path}: ") and message in last, last
+
+
+def test_validation_data_is_checked_before_warmup(shards, tmp_path, monkeypatch):
+    monkeypatch.setattr(tg, "warmup_kernels", lambda *a: pytest.fail("warm-up ran before the data was checked"))
+    assert tg.main(tiny_args(shards, tmp_path, "short", "--val_tokens=1048576", "--val_seq_len=512")) == 1
+    assert "fewer than --val_tokens=1048576 + 1" in (tmp_path / "short.txt").read_text().splitlines()[-1]
+
+
+def test_an_interrupted_run_ends_its_log_with_an_error_line(shards, tmp_path, monkeypatch):
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tg, "warmup_kernels", interrupted)
+    assert tg.main(tiny_args(shards, tmp_path, "ctrl_c")) == 130
+    assert (tmp_path / "ctrl_c.txt").read_text().splitlines()[-1] == "error:KeyboardInterrupt: "
+    assert parse_log(tmp_path / "ctrl_c.txt").status == "failed"
+
+
+def test_help_lists_every_flag_with_its_default_and_comment(capsys):
+    assert tg.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for field in tg.dataclasses.fields(tg.Hyperparameters):
+        assert f"--{field.name}={field.default}" in out, field.name
+    assert "--val_every=125  validate every this many steps (0: only at the end)" in out
+    assert "--preset=record|proxy|tiny" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--val_every=-1"], "--val_every=-1: must not be negative"),
+    (["--muon_lr=-1"], "--muon_lr=-1.0: must be positive"),
+    (["--adam_beta1=1.5"], "--adam_beta1=1.5: must be in [0, 1)"),
+    (["--num_iterations=3", "--num_iterations=4"], "--num_iterations is given twice"),
+    (["--preset=tiny", "--preset=proxy"], "--preset is given twice"),
+    (["--seq_lens=128,abc"], "--seq_lens=128,abc: must be comma-separated whole numbers"),
+])
+def test_nonsensical_or_repeated_flags_are_refused(argv, message, capsys):
+    assert tg.main(argv) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_two_gloo_ranks_match_one_rank_with_accumulation(shards, tmp_path):

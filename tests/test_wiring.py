@@ -12,7 +12,7 @@ def shards(tmp_path_factory):
 
 
 SCHEDULE_FLAGS = ["--num_iterations=12", "--warmup_steps=0", "--val_every=0", "--lr_warmup_steps=2",
-                  "--cooldown_frac=0.5", "--final_lr_frac=0.2", "--momentum_warmup_steps=6", "--untie_frac=0.5",
+                  "--cooldown_frac=0.5", "--final_lr_frac=0.2", "--momentum_warmup_frac=0.5", "--untie_frac=0.5",
                   "--window_min=128", "--window_max=640"]
 
 
