@@ -3,7 +3,9 @@
     python records/compare.py logs/baseline/ logs/idea/          # A and B: each a folder of *.txt logs or one log
     python records/compare.py --a logs/a1.txt logs/a2.txt --b logs/b1.txt logs/b2.txt logs/b3.txt --json
 
-Only complete runs count; the others are listed with the reason. Per arm: n, and mean ± standard deviation of the
+Only complete runs count; the others are listed with the reason, and so are text files in a folder that are no
+train log at all (a named file that is none is an error). A segment resumed without a resume_step line is skipped
+too: its train time counts only the time after its resume. Per arm: n, and mean ± standard deviation of the
 final val loss and of the train time. Then B - A for both, tested with Welch's t-test (two-sided, unequal
 variances, scipy): there "±" is the standard error of the difference, sqrt(s_A²/n_A + s_B²/n_B). An arm with one
 run has no spread, so no p-value. The verdict uses --alpha (default 0.05).
@@ -11,7 +13,8 @@ run has no spread, so no p-value. The verdict uses --alpha (default 0.05).
 The arms must have trained and been validated on the same data, or it refuses with exit code 2: the train_data /
 val_data sha256 lines when every run logs them, else the train_files / val_files hparams; val_tokens and
 val_seq_len always. Every other difference (hyperparameters, world size, GPU, software, source) is named and the
-comparison goes on.
+comparison goes on. Upstream's published logs (KellerJordan/modded-nanogpt) log none of the data fields: two arms of
+them are compared with the data unchecked, and an arm mixing them with ours is refused (exit code 2).
 """
 import argparse
 import json
@@ -23,9 +26,9 @@ import scipy.stats
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from records.logfile import LogFormatError, RunLog, log_paths, parse_log
+from records.logfile import LogFormatError, RunLog, load_logs
 from records.stats import mean_std
-from records.summarize import _json_safe, check_distinct
+from records.summarize import _json_safe, check_distinct, resumed_without_time
 
 ALPHA = 0.05
 DATA_SHA = ("train_data", "val_data")  # sha256 of the tokens, logged by the trainer as train_data:<hex>
@@ -41,6 +44,9 @@ class Refused(ValueError):
 
 def skip_reason(run: RunLog) -> str | None:
     if run.status == "complete":
+        if resumed_without_time(run):
+            return "resumed segment: resumed without a resume_step line, so its train_time counts only the time " \
+                   "after the resume"
         return None
     if run.status == "failed":
         return f"failed: {run.errors[0]}"
@@ -55,8 +61,8 @@ def values(runs: list[RunLog], get) -> list[str]:
 
 def data_fields(runs: list[RunLog]) -> dict:
     """{field: getter} identifying the training and validation data; the sha256 lines only if every run has them."""
-    by_sha = all(getattr(r, key, None) for r in runs for key in DATA_SHA)
-    files = {k: (lambda r, k=k: getattr(r, k, None)) for k in DATA_SHA} if by_sha else \
+    by_sha = all(getattr(r, key) for r in runs for key in DATA_SHA)
+    files = {k: (lambda r, k=k: getattr(r, k)) for k in DATA_SHA} if by_sha else \
         {k: (lambda r, k=k: r.hparams.get(k)) for k in DATA_PATHS}
     return {**files, **{k: (lambda r, k=k: r.hparams.get(k)) for k in VAL_HPARAMS}}
 
@@ -107,29 +113,49 @@ def verdict(loss: dict, n_a: int, n_b: int, alpha: float) -> str:
             f"(B - A = {diff:+.4f} ± {se:.4f}, Welch t, p = {p:.2g})")
 
 
-def arm_summary(logs: list[Path], runs: list[RunLog]) -> dict:
+def check_layouts(parsed: dict[str, list[RunLog]]) -> None:
+    """Upstream logs name neither their data nor val_tokens: against ours, nothing says they validated alike."""
+    layouts = {arm: sorted({r.layout for r in runs}) for arm, runs in parsed.items()}
+    if len({layout for names in layouts.values() for layout in names}) > 1:
+        raise Refused("refused: upstream logs (modded-nanogpt's layout) cannot be compared with ours: they log "
+                      "neither the train/val data nor val_tokens, so the same data cannot be checked; "
+                      f"layouts: A {', '.join(layouts['A'])} | B {', '.join(layouts['B'])}")
+
+
+def arm_summary(logs: list[RunLog], runs: list[RunLog]) -> dict:
     losses, times = [r.final.val_loss for r in runs], [r.final.train_time_ms for r in runs]
     (loss_mean, loss_std), (time_mean, time_std) = mean_std(losses), mean_std(times)
-    return {"logs": [str(p) for p in logs], "n": len(runs), "val_loss_mean": loss_mean, "val_loss_std": loss_std,
+    return {"logs": [str(r.path) for r in logs], "n": len(runs), "val_loss_mean": loss_mean, "val_loss_std": loss_std,
             "train_time_ms_mean": time_mean, "train_time_ms_std": time_std}
 
 
-def compare(logs_a: list[Path], logs_b: list[Path], alpha: float = ALPHA) -> dict:
-    """The whole comparison as a dict; raises Refused when the arms cannot be compared."""
-    parsed = {"A": [parse_log(p) for p in logs_a], "B": [parse_log(p) for p in logs_b]}
-    paths = [p.resolve() for p in logs_a + logs_b]
+def _not_a_log(arm: str, item: str) -> dict:
+    """load_logs describes a skipped file as '<path>: <reason>'; its reason holds no ': ', the path may."""
+    file, _, reason = item.rpartition(": ")
+    return {"arm": arm, "file": file, "reason": reason}
+
+
+def compare(args_a: list, args_b: list, alpha: float = ALPHA) -> dict:
+    """The whole comparison as a dict; each arm a list of log files or folders of *.txt logs. Raises Refused when
+    the arms cannot be compared, LogFormatError for a malformed log or a named file that is no log."""
+    parsed, skipped = {}, []
+    for arm, args in (("A", args_a), ("B", args_b)):
+        parsed[arm], not_logs = load_logs(args)
+        skipped += [_not_a_log(arm, item) for item in not_logs]
+    paths = [r.path.resolve() for r in parsed["A"] + parsed["B"]]
     if len(set(paths)) < len(paths):
         raise Refused("refused: a log is given twice (in one arm or in both); a run may be counted only once")
     check_distinct(parsed["A"] + parsed["B"])
-    skipped = [{"arm": arm, "file": str(r.path), "reason": skip_reason(r)}
-               for arm, runs in parsed.items() for r in runs if skip_reason(r)]
-    a, b = ([r for r in parsed[arm] if r.status == "complete"] for arm in ("A", "B"))
+    skipped += [{"arm": arm, "file": str(r.path), "reason": skip_reason(r)}
+                for arm, runs in parsed.items() for r in runs if skip_reason(r)]
+    a, b = ([r for r in parsed[arm] if not skip_reason(r)] for arm in ("A", "B"))
     for arm, runs in (("A", a), ("B", b)):
         if not runs:
             raise Refused(f"refused: arm {arm} has no complete run ({len(parsed[arm])} log(s), none finished)")
+    check_layouts({"A": a, "B": b})
     checked = check_same_data(a, b)
     loss = welch([r.final.val_loss for r in a], [r.final.val_loss for r in b])
-    return {"alpha": alpha, "arms": {"A": arm_summary(logs_a, a), "B": arm_summary(logs_b, b)},
+    return {"alpha": alpha, "arms": {"A": arm_summary(parsed["A"], a), "B": arm_summary(parsed["B"], b)},
             "skipped": skipped, "same_data": checked, "differences": differences(a, b), "val_loss_diff": loss,
             "train_time_ms_diff": welch([r.final.train_time_ms for r in a], [r.final.train_time_ms for r in b]),
             "verdict": verdict(loss, len(a), len(b), alpha)}
@@ -186,7 +212,7 @@ def main(argv=None) -> int:
     else:
         parser.error(f"expected two arms A B (or --a ... --b ...), got {len(args.arms)} positional argument(s)")
     try:
-        result = compare(log_paths(arms[0]), log_paths(arms[1]), args.alpha)
+        result = compare(arms[0], arms[1], args.alpha)
     except (LogFormatError, ValueError, OSError) as e:  # Refused is a ValueError
         print(e if isinstance(e, Refused) else f"error: {e}", file=sys.stderr)
         return 2

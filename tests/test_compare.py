@@ -9,7 +9,8 @@ import pytest
 import scipy.stats
 
 from records import compare
-from tests.test_records import log_lines, run_script, write_log
+from records.logfile import LogFormatError, parse_log
+from tests.test_records import log_lines, resumed_lines, run_script, upstream_log, write_log
 
 DATA_HPARAMS = {"val_files": "data/fineweb10B/fineweb_val_*.bin", "val_tokens": "10485760", "val_seq_len": "65536",
                 "muon_lr": "0.05", "seed": "0", "log_dir": "logs"}
@@ -29,14 +30,16 @@ def with_lines(lines: list[str], **fields) -> list[str]:
     return lines
 
 
-def write_arm(folder, losses, times_ms=None, source=None, **fields) -> list:
-    """One complete log per loss, run_ids <folder><i>, in folder; fields as in with_lines over DATA_HPARAMS."""
+def write_arm(folder, losses, times_ms=None, source=None, per_run=None, **fields) -> list:
+    """One complete log per loss, run_ids <folder><i>, in folder; fields as in with_lines over DATA_HPARAMS, and
+    per_run[i] adds run i's own."""
     folder.mkdir(parents=True)
     times_ms = times_ms or [83000] * len(losses)
+    per_run = per_run or [{}] * len(losses)
     fields = {**{f"hparam__{k}": v for k, v in DATA_HPARAMS.items()}, **fields}
     paths = []
     for i, (loss, time_ms) in enumerate(zip(losses, times_ms)):
-        lines = with_lines(log_lines(f"{folder.name}{i}", loss, time_ms), **fields)
+        lines = with_lines(log_lines(f"{folder.name}{i}", loss, time_ms), **fields, **per_run[i])
         kw = {} if source is None else {"source": source}
         paths.append(write_log(folder / f"run{i}.txt", lines, **kw))
     return paths
@@ -93,8 +96,8 @@ def test_data_fields_that_no_run_logs_are_reported_unchecked(tmp_path):
     a = [write_log(tmp_path / f"a{i}.txt", run_id=f"a{i}", final_loss=3.29 - i / 100) for i in range(2)]
     b = [write_log(tmp_path / f"b{i}.txt", run_id=f"b{i}", final_loss=3.27 - i / 100) for i in range(2)]
     result = compare.compare(a, b)
-    assert result["same_data"] == {"checked": ["train_files"], "unlogged": ["val_files", "val_tokens", "val_seq_len"]}
-    assert "same data: train_files (not logged, so unchecked: val_files, val_tokens, val_seq_len)" in \
+    assert result["same_data"] == {"checked": ["train_files", "val_files", "val_tokens"], "unlogged": ["val_seq_len"]}
+    assert "same data: train_files, val_files, val_tokens (not logged, so unchecked: val_seq_len)" in \
         compare.report(result).splitlines()
 
 
@@ -138,37 +141,25 @@ def test_arms_on_different_data_are_refused_naming_the_field(tmp_path, field, va
         compare.compare(a[:1], b[1:])
 
 
-def with_data_sha(monkeypatch, sha_of: dict):
-    """The trainer's train_data / val_data lines, which this branch's parser does not read yet: set them on the
-    parsed runs by file name."""
-    parse = compare.parse_log
-
-    def parse_with_sha(path):
-        run = parse(path)
-        for key, value in sha_of.get(path.name, {}).items():
-            setattr(run, key, value)
-        return run
-
-    monkeypatch.setattr(compare, "parse_log", parse_with_sha)
+SAME = {"train_data": "1" * 64, "val_data": "2" * 64}  # the trainer's sha256 lines of the tokens
+OTHER = {"train_data": "3" * 64, "val_data": "2" * 64}
 
 
-def test_logged_data_sha256_decides_over_file_names(tmp_path, monkeypatch):
-    a = write_arm(tmp_path / "a", [3.29, 3.28])
-    b = write_arm(tmp_path / "b", [3.27, 3.28], hparam__train_files="/scratch/copy/fineweb_train_*.bin")
-    c = write_arm(tmp_path / "c", [3.27, 3.28])
-    same, other = {"train_data": "1" * 64, "val_data": "2" * 64}, {"train_data": "3" * 64, "val_data": "2" * 64}
-    with_data_sha(monkeypatch, {"run0.txt": same, "run1.txt": same})
+def test_logged_data_sha256_decides_over_file_names(tmp_path):
+    a = write_arm(tmp_path / "a", [3.29, 3.28], **SAME)
+    b = write_arm(tmp_path / "b", [3.27, 3.28], hparam__train_files="/scratch/copy/fineweb_train_*.bin", **SAME)
+    assert parse_log(a[0]).train_data == "1" * 64  # read from the log's own train_data: line
     result = compare.compare(a, b)  # the same tokens under another path: compared, the path named
     assert result["same_data"] == {"checked": ["train_data", "val_data", "val_tokens", "val_seq_len"],
                                    "unlogged": []}
     assert [d["field"] for d in result["differences"]] == ["hparam train_files"]
-    with_data_sha(monkeypatch, {"run0.txt": same, "run1.txt": other})
+    mixed_a = write_arm(tmp_path / "mixed_a", [3.29, 3.28], per_run=[SAME, OTHER])
+    mixed_c = write_arm(tmp_path / "mixed_c", [3.27, 3.28], per_run=[SAME, OTHER])
     with pytest.raises(compare.Refused, match=f"train_data: A {'1' * 64}, {'3' * 64} \\| B {'1' * 64}, {'3' * 64}$"):
-        compare.compare(a, c)  # the same file names, but the runs trained on different tokens
-    monkeypatch.undo()
-    with_data_sha(monkeypatch, {"run0.txt": same})
+        compare.compare(mixed_a, mixed_c)  # the same file names, but the runs trained on different tokens
+    half = write_arm(tmp_path / "half", [3.29, 3.28], per_run=[SAME, {}])
     with pytest.raises(compare.Refused, match="train_files"):  # run1 logs no sha: file names decide
-        compare.compare(a, b)
+        compare.compare(half, b)
 
 
 def test_other_differences_are_named_without_refusing(tmp_path):
@@ -185,8 +176,7 @@ def test_other_differences_are_named_without_refusing(tmp_path):
         "hparam seed": (["0"], ["0", "1"]), "world_size": (["8"], ["1"]), "gpu": (["8x NVIDIA H100 80GB HBM3"],
                                                                            ["1x NVIDIA H200"]),
         "torch": (["2.11.0+cu130"], ["2.11.0+cu130", "2.13.0"]),
-        "source_sha256": ([compare.parse_log(a[0]).source_sha256],
-                          sorted({compare.parse_log(p).source_sha256 for p in b}))}
+        "source_sha256": ([parse_log(a[0]).source_sha256], sorted({parse_log(p).source_sha256 for p in b}))}
     assert result["arms"]["B"]["n"] == 3
     text = compare.report(result)
     assert "differs: hparam muon_lr: A 0.05 | B 0.06" in text
@@ -210,3 +200,62 @@ def test_command_line_arms_as_folders_or_as_file_lists(tmp_path):
     assert run_script("compare", tmp_path / "a", "--a", *a, "--b", *b).returncode == 2
     twice = run_script("compare", "--a", *a, "--b", b[0], a[1])
     assert twice.returncode == 2 and "a log is given twice" in twice.stderr
+
+
+def test_text_files_in_a_folder_that_are_no_logs_are_skipped_and_named(tmp_path):
+    write_arm(tmp_path / "a", A_LOSSES)
+    write_arm(tmp_path / "b", B_LOSSES)
+    bench = tmp_path / "b" / "a_bench.txt"
+    bench.write_text("current fwd+bwd 5.049 ms\n")
+    done = run_script("compare", tmp_path / "a", tmp_path / "b")
+    assert done.returncode == 0, done.stderr
+    assert f"skipped (B) {bench}: not a train log (no source block, ours or upstream's)" in done.stdout.splitlines()
+    assert done.stdout.splitlines()[2].startswith("B    3   3.2714 ± 0.0032")
+    result = compare.compare([tmp_path / "a"], [tmp_path / "b"])
+    assert result["skipped"] == [{"arm": "B", "file": str(bench),
+                                  "reason": "not a train log (no source block, ours or upstream's)"}]
+    assert str(bench) not in result["arms"]["B"]["logs"] and len(result["arms"]["B"]["logs"]) == 3
+    named = run_script("compare", "--a", tmp_path / "a", "--b", bench)
+    assert named.returncode == 2 and "a_bench.txt:1: no source block" in named.stderr
+    with pytest.raises(LogFormatError, match="no source block"):
+        compare.compare([tmp_path / "a"], [bench])
+
+
+def test_a_segment_resumed_without_a_resume_line_is_skipped(tmp_path):
+    a = write_arm(tmp_path / "a", [3.2901, 3.2921], [83000, 84000])
+    b = write_arm(tmp_path / "b", [3.2702, 3.2690])
+    data = {f"hparam__{k}": v for k, v in DATA_HPARAMS.items()}
+    resumed = with_lines(resumed_lines(10, 16500, run_id="res_ok"), **data)  # its 33 s count every segment
+    carried = write_log(tmp_path / "b" / "res.txt", lines=resumed)
+    old = [line for line in with_lines(resumed_lines(10, 5000, time_ms=13000, run_id="res_old"), **data)
+           if not line.startswith("resume_step:")]  # its 13 s count only the time after the resume
+    segment = write_log(tmp_path / "b" / "seg.txt", lines=old)
+    result = compare.compare(a, b + [carried, segment])
+    assert result["arms"]["B"]["n"] == 3 and result["arms"]["B"]["train_time_ms_mean"] == pytest.approx(
+        (83000 * 2 + 33000) / 3)
+    assert result["skipped"] == [{"arm": "B", "file": str(segment), "reason": (
+        "resumed segment: resumed without a resume_step line, so its train_time counts only the time after the "
+        "resume")}]
+
+
+def test_upstream_arms_are_compared_with_the_data_unchecked(tmp_path):
+    arms = {}
+    for arm, losses in (("a", A_LOSSES), ("b", B_LOSSES)):
+        (tmp_path / arm).mkdir()
+        for i, loss in enumerate(losses):
+            upstream_log(tmp_path / arm / f"u{i}.txt", "2025-print", final_loss=loss, time_ms=170000 + 1000 * i)
+        arms[arm] = sorted((tmp_path / arm).glob("*.txt"))
+    result = compare.compare([tmp_path / "a"], [tmp_path / "b"])
+    assert (result["arms"]["A"]["n"], result["arms"]["B"]["n"]) == (4, 3)
+    assert result["val_loss_diff"]["diff"] == pytest.approx(np.mean(B_LOSSES) - np.mean(A_LOSSES), abs=1e-9)
+    assert result["verdict"].startswith("B lower by 0.0190")
+    assert result["same_data"] == {"checked": [], "unlogged": ["train_files", "val_files", "val_tokens",
+                                                               "val_seq_len"]}
+    ours = write_arm(tmp_path / "ours", [3.2901, 3.2921])
+    mixed = run_script("compare", "--a", *ours, "--b", *arms["b"])
+    assert mixed.returncode == 2 and mixed.stdout == ""
+    assert mixed.stderr == ("refused: upstream logs (modded-nanogpt's layout) cannot be compared with ours: they "
+                            "log neither the train/val data nor val_tokens, so the same data cannot be checked; "
+                            "layouts: A ours | B upstream\n")
+    with pytest.raises(compare.Refused, match="layouts: A ours, upstream \\| B upstream$"):
+        compare.compare(ours + arms["a"][:1], arms["b"])
