@@ -583,15 +583,25 @@ def _gather_rows(share: torch.Tensor, world_size: int) -> torch.Tensor:
 
 
 # Per NorMuon matrix of the record model: (neuron_axis, lr_mul), decided per parameter, not read off the memory
-# layout. NorMuon (Li et al. 2025, arXiv 2510.05491) equalizes the update size across neurons, a neuron being
-# one output unit with its fan-in; its second moment is the mean of u² over that fan-in, so `neuron_axis` is
-# the input axis. All four are stored (out, in), hence -1 for all. lr_mul scales the group's learning rate:
-# mlp.fc moves at 2x (its 4x taller shape gave it sqrt(4) under Muon's former aspect-ratio rule).
+# layout. NorMuon (Li et al. 2025, arXiv 2510.05491) keeps a second moment per unit along the matrix's longer
+# side, the mean of u² over the axis `neuron_axis` names, as the public speedrun does: for the MLP both matrices
+# normalize per hidden unit (fc's rows, proj's columns). lr_mul scales the group's learning rate as upstream's
+# validated recipe does: fc 2x, proj 4x (its sqrt(3072/768) shape rule, with proj's own extra 2x).
 MATRIX_PARAMS = {
-    "attn.qkvo": (-1, 1.0),  # (4, 768, 768): q, k, v channels and the residual channels the output writes
-    "attn.gate": (-1, 1.0),  # (6, 12): row h is head h's gate logit; all heads' gates move at the same rate
-    "mlp.fc": (-1, 2.0),     # (3072, 768): rows are the ReLU² hidden units; each must keep learning
-    "mlp.proj": (-1, 1.0),   # (768, 3072): rows are residual channels
+    "attn.qkvo": (-1, 1.0),  # (4, 768, 768) stored (out, in): one second moment per output channel
+    "attn.gate": (-2, 1.0),  # (6, 12): the longer side is the 12 gate inputs
+    "mlp.fc": (-1, 2.0),     # (3072, 768): rows are the ReLU² hidden units
+    "mlp.proj": (-2, 4.0),   # (768, 3072): columns are the ReLU² hidden units
+}
+
+# Per DistAdam group: ((beta1, beta2), weight-decay multiplier), upstream's validated values. Decay is cautious
+# and proportional to lr², so it grows with the lr of the group: the embedding and head decay 150x, value
+# embeddings 5x, the scalars not at all; the scalars average over a longer window (0.9, 0.99).
+ADAM_PARAMS = {
+    "lm_head": ((0.5, 0.95), 150.0),
+    "embed": ((0.5, 0.95), 150.0),
+    "value_embeds": ((0.75, 0.95), 5.0),
+    "scalars": ((0.9, 0.99), 0.0),
 }
 
 
@@ -672,10 +682,11 @@ class NorMuon(torch.optim.Optimizer):
 
         stacked = _stack_matrices(group["params"], self.world_size)
         p = stacked[self.rank * k:(self.rank + 1) * k]
-        # Cautious weight decay: decay only where the update already pulls p toward zero. It follows the lr
-        # schedule but not the group's lr_mul.
-        p.addcmul_(p, (u * p > 0).to(p.dtype), value=-group["lr"] * group["weight_decay"])
-        p.add_(u.to(p.dtype), alpha=-group["lr"] * group["lr_mul"])
+        # Cautious weight decay: decay only where the update already pulls p toward zero, by
+        # weight_decay·lr·(lr·lr_mul): proportional to lr² as the schedule moves, as upstream's.
+        lr = group["lr"] * group["lr_mul"]
+        p.addcmul_(p, (u * p > 0).to(p.dtype), value=-group["weight_decay"] * group["lr"] * lr)
+        p.add_(u.to(p.dtype), alpha=-lr)
         if self.world_size == 1:
             return stacked, None
         full = torch.empty_like(stacked)
@@ -724,7 +735,7 @@ class NorMuon(torch.optim.Optimizer):
 
 
 class DistAdam(torch.optim.Optimizer):
-    """Adam (bias-corrected, decoupled weight decay) with state and update sharded: a param is seen flat,
+    """Adam (bias-corrected, cautious weight decay ∝ lr²) with state and update sharded: a param is seen flat,
     zero-padded to a multiple of world_size, and rank r owns the contiguous slice [r·s, (r+1)·s).
     Communication: each param's gradient reduce-scatter starts from its post-accumulate-grad hook during
     backward, if grad_sync_enabled (groups with overlap=False, and grads whose hook found it off, start theirs
@@ -778,8 +789,10 @@ class DistAdam(torch.optim.Optimizer):
         state["exp_avg_sq"].lerp_(grad.float().square(), 1 - beta2)
         lr = group["lr"] * group["lr_mul"]
         denom = (state["exp_avg_sq"] / (1 - beta2 ** state["step"])).sqrt_().add_(group["eps"])
-        weights.mul_(1 - lr * group["weight_decay"])
-        weights.addcdiv_(state["exp_avg"], denom, value=-lr / (1 - beta1 ** state["step"]))
+        update = (state["exp_avg"] / denom).mul_(lr / (1 - beta1 ** state["step"]))
+        # Cautious decay, lr²·weight_decay where the update already pulls a weight toward zero.
+        weights.addcmul_(weights, (update * weights > 0).float(), value=-lr * lr * group["weight_decay"])
+        weights.sub_(update)
         weights = weights.to(p.dtype)
         if self.world_size == 1:
             return weights, None
@@ -975,6 +988,8 @@ class GPT(nn.Module):
         self.embed.weight.data.normal_(0.0, hp.embed_std)
         num_ve = min(hp.num_value_embeds, L // 2)
         self.value_embeds = nn.ModuleList(nn.Embedding(V, D) for _ in range(num_ve))
+        for ve in self.value_embeds:
+            ve.weight.data.normal_(0.0, hp.value_embed_std)
         # value embedding i feeds block i and block L - num_ve + i; the blocks between have none
         self.value_embed_of_block = [i if i < num_ve else (i - (L - num_ve) if i >= L - num_ve else None)
                                      for i in range(L)]
@@ -1228,27 +1243,29 @@ class Hyperparameters:
     attn_scale: float = 0.12  # QK-norm bounds q·k by head_dim, so the usual 1/sqrt(head_dim) is too soft
     rope_base: float = 10000.0  # rotary embedding base
     logit_cap: float = 15.0  # logits are cap·tanh(logits / cap)
-    embed_std: float = 0.02  # init std of the token embedding (and the tied LM head)
+    embed_std: float = 0.005  # init std of the token embedding (and the tied LM head)
+    value_embed_std: float = 0.01  # init std of the value embeddings
     window_pattern: str = "SSSLSSSLSSSL"  # per block: S short or L long sliding window
-    window_min: int = 384  # long window at the start, in tokens; short windows are half the long one
-    window_max: int = 1792  # long window at the end; windows move in FlexAttention blocks of 128 tokens
+    window_blocks: str = "1:3,3:7,5:11"  # short:long sliding windows per equal stage of training, in 128-token blocks
     fused_mlp: bool = True  # relu² fused into the MLP's matmuls (Triton, CUDA only): -27 ms a step, -3.4 GiB on H100
     # optimization
-    muon_lr: float = 0.05  # NorMuon lr of the matrices (times MATRIX_PARAMS' lr_mul)
+    muon_lr: float = 0.023  # NorMuon lr of the matrices (times MATRIX_PARAMS' lr_mul)
     muon_momentum_start: float = 0.85  # NorMuon momentum at step 0 ...
     muon_momentum: float = 0.95  # ... rising linearly to this
-    momentum_warmup_frac: float = 300 / 1750  # ... over this fraction of training
-    muon_beta2: float = 0.95  # NorMuon's second-moment decay
-    muon_weight_decay: float = 0.01  # cautious weight decay of the matrices, times the scheduled lr
-    adam_embed_lr: float = 0.3  # Adam lr of the token and value embeddings
+    momentum_warmup_frac: float = 300 / 1285  # ... over this fraction of training, and back down to the start
+    momentum_cooldown_frac: float = 50 / 1285  # value over this last fraction
+    muon_beta2: float = 0.9  # NorMuon's second-moment decay
+    muon_weight_decay: float = 1.2  # cautious weight decay of the matrices, times lr·(lr·lr_mul)
+    adam_embed_lr: float = 0.008  # Adam lr of the token embedding
     adam_head_lr: float = 0.008  # Adam lr of the LM head
+    adam_value_embed_lr: float = 0.6  # Adam lr of the value embeddings
     adam_scalar_lr: float = 0.04  # Adam lr of the gates and mixing scalars
-    adam_beta1: float = 0.8  # Adam's first-moment decay
-    adam_beta2: float = 0.95  # Adam's second-moment decay
+    adam_weight_decay: float = 0.005  # cautious weight decay, times lr² and ADAM_PARAMS' multiplier
     untie_frac: float = 2 / 3  # the embedding and LM head share weights until this fraction of training
     lr_warmup_steps: int = 0  # linear lr warm-up steps
-    cooldown_frac: float = 0.45  # the last 45% of steps decay the learning rates linearly ...
-    final_lr_frac: float = 0.1  # ... to this fraction
+    lr_stage_muls: str = "1.0,1.52,1.73"  # lr multiplier per batch stage (one per --seq_lens entry): ~sqrt(batch)
+    cooldown_frac: float = 0.6  # the last 60% of steps decay the learning rates linearly ...
+    final_lr_frac: float = 0.15  # ... to this fraction
     # run
     val_every: int = 125  # validate every this many steps (0: only at the end)
     warmup_steps: int = 10  # kernel warm-up steps per batch shape, on dummy data, before the timed region
@@ -1270,14 +1287,16 @@ class Hyperparameters:
 
         for flag in ("val_tokens", "val_seq_len", "slices_per_step", "num_iterations", "vocab_size", "num_layers",
                      "model_dim", "num_heads", "head_dim", "mlp_mult", "attn_gate_dim", "attn_scale", "rope_base",
-                     "logit_cap", "embed_std", "muon_lr", "adam_embed_lr", "adam_head_lr", "adam_scalar_lr"):
+                     "logit_cap", "embed_std", "value_embed_std", "muon_lr", "adam_embed_lr", "adam_head_lr",
+                     "adam_value_embed_lr", "adam_scalar_lr"):
             require(getattr(self, flag) > 0, flag, "must be positive")
-        for flag in ("num_value_embeds", "muon_weight_decay", "lr_warmup_steps", "val_every", "warmup_steps",
+        for flag in ("num_value_embeds", "muon_weight_decay", "adam_weight_decay", "lr_warmup_steps", "val_every",
+                     "warmup_steps",
                      "save_every", "bench_steps"):
             require(getattr(self, flag) >= 0, flag, "must not be negative")
-        for flag in ("muon_momentum_start", "muon_momentum", "muon_beta2", "adam_beta1", "adam_beta2"):
+        for flag in ("muon_momentum_start", "muon_momentum", "muon_beta2"):
             require(0 <= getattr(self, flag) < 1, flag, "must be in [0, 1)")
-        for flag in ("momentum_warmup_frac", "untie_frac", "final_lr_frac"):
+        for flag in ("momentum_warmup_frac", "momentum_cooldown_frac", "untie_frac", "final_lr_frac"):
             require(0 <= getattr(self, flag) <= 1, flag, "must be in [0, 1]")
         require(0 < self.cooldown_frac <= 1, "cooldown_frac", "must be in (0, 1]")
         require(self.num_heads * self.head_dim == self.model_dim, "model_dim", "must equal num_heads * head_dim")
@@ -1292,9 +1311,12 @@ class Hyperparameters:
         require(all(n > 0 and n % 128 == 0 for n in self.seq_len_stages), "seq_lens",
                 "must be positive multiples of 128 (FlexAttention's block size)")
         require(self.val_seq_len % 128 == 0, "val_seq_len", "must be a multiple of 128 (FlexAttention's block size)")
-        require(128 <= self.window_min <= self.window_max, "window_min", "must be >= 128 and <= --window_max")
-        require(self.window_min % 128 == 0 and self.window_max % 128 == 0, "window_min",
-                "--window_min and --window_max must be multiples of 128 (FlexAttention's block size)")
+        require(re.fullmatch(r"[1-9][0-9]*:[1-9][0-9]*(,[1-9][0-9]*:[1-9][0-9]*)*", self.window_blocks) is not None,
+                "window_blocks", "must be short:long pairs of positive block counts, comma-separated")
+        require(all(re.fullmatch(r"[0-9]*\.?[0-9]+", m.strip()) for m in self.lr_stage_muls.split(",")), "lr_stage_muls",
+                "must be comma-separated positive numbers")
+        require(len(self.lr_stage_muls.split(",")) == len(self.seq_lens.split(",")), "lr_stage_muls",
+                "needs one multiplier per --seq_lens stage")
         require(self.val_tokens % self.val_seq_len == 0, "val_tokens", "must be a multiple of --val_seq_len")
         require(bool(self.bench_steps) or not self.bench_trace, "bench_trace", "needs --bench_steps")
 
@@ -1311,10 +1333,10 @@ PRESETS = {
     "record": {},
     # The record model and optimizers on one GPU in minutes: one 65,536-token sequence a step, 500 steps (32.8M
     # tokens); every schedule is a fraction of the run, so it scales with the step count.
-    "proxy": dict(slices_per_step=1, seq_lens="65536", num_iterations=500, val_every=100, val_tokens=2_097_152,
-                  warmup_steps=3),
+    "proxy": dict(slices_per_step=1, seq_lens="65536", lr_stage_muls="1.0", num_iterations=500, val_every=100,
+                  val_tokens=2_097_152, warmup_steps=3),
     "tiny": dict(num_layers=2, model_dim=64, num_heads=2, head_dim=32, attn_gate_dim=8, num_value_embeds=1,
-                 window_pattern="SL", window_min=128, window_max=256, seq_lens="128", val_tokens=2048,
+                 window_pattern="SL", window_blocks="1:1,1:2", seq_lens="128", lr_stage_muls="1.0", val_tokens=2048,
                  val_seq_len=512, num_iterations=40, val_every=10, warmup_steps=1, momentum_warmup_frac=0.25),
 }
 
@@ -1452,33 +1474,47 @@ def synchronize(device) -> None:
 # ----- Schedules -----
 
 
+def stage_at(step: int, hp: Hyperparameters, stages: int) -> int:
+    """Which of `stages` equal parts of training a step falls in (the last one from the end of training on)."""
+    return min(step * stages // hp.num_iterations, stages - 1)
+
+
 def lr_scale(step: int, hp: Hyperparameters) -> float:
-    """The factor on every group's initial lr: warm-up, flat, then linear to final_lr_frac over the cooldown."""
+    """The factor on every group's initial lr: warm-up, the batch stage's multiplier, then linear to
+    final_lr_frac over the cooldown."""
     if step < hp.lr_warmup_steps:
         return (step + 1) / hp.lr_warmup_steps
+    muls = [float(m) for m in hp.lr_stage_muls.split(",")]
+    stage_mul = muls[stage_at(step, hp, len(muls))]
     cooldown_start = 1 - hp.cooldown_frac
     progress = step / hp.num_iterations
     if progress < cooldown_start:
-        return 1.0
-    return 1.0 + (hp.final_lr_frac - 1.0) * (progress - cooldown_start) / hp.cooldown_frac
+        return stage_mul
+    t = (progress - cooldown_start) / hp.cooldown_frac
+    return stage_mul * (1 - t) + hp.final_lr_frac * t
 
 
 def momentum_at(step: int, hp: Hyperparameters) -> float:
-    warmup = hp.momentum_warmup_frac * hp.num_iterations
-    frac = min(step / warmup, 1.0) if warmup else 1.0
-    return (1 - frac) * hp.muon_momentum_start + frac * hp.muon_momentum
+    """NorMuon momentum: up from muon_momentum_start over the warm-up fraction, back to it over the cooldown."""
+    lo, hi = hp.muon_momentum_start, hp.muon_momentum
+    warmup, cooldown = hp.momentum_warmup_frac * hp.num_iterations, hp.momentum_cooldown_frac * hp.num_iterations
+    if step < warmup:
+        return lo + (hi - lo) * step / warmup
+    if step > hp.num_iterations - cooldown:
+        return hi - (hi - lo) * min((step - (hp.num_iterations - cooldown)) / cooldown, 1.0)
+    return hi
 
 
 def seq_len_at(step: int, hp: Hyperparameters) -> int:
-    stages = hp.seq_len_stages
-    return stages[min(step * len(stages) // hp.num_iterations, len(stages) - 1)]
+    return hp.seq_len_stages[stage_at(step, hp, len(hp.seq_len_stages))]
 
 
 def windows_at(step: int, hp: Hyperparameters) -> dict[str, int]:
-    """Sliding-window sizes in tokens: the long window grows linearly over training in blocks of 128."""
-    grown = hp.window_min + (hp.window_max - hp.window_min) * min(step / hp.num_iterations, 1.0)
-    long = 128 * round(grown / 128)
-    return {"L": long, "S": max(128, 128 * round(long / 256))}
+    """Sliding-window sizes in tokens for each equal stage of training (--window_blocks); validation after the end
+    uses the last stage's."""
+    stages = [tuple(int(b) for b in pair.split(":")) for pair in hp.window_blocks.split(",")]
+    short, long = stages[stage_at(step, hp, len(stages))]
+    return {"S": 128 * short, "L": 128 * long}
 
 
 def window_tensors(step: int, hp: Hyperparameters, device) -> dict[str, torch.Tensor]:
@@ -1518,16 +1554,17 @@ def build_optimizers(model: GPT, hp: Hyperparameters, rank: int, world_size: int
     # combined after backward (GPT.tie_gradients).
     adam_groups = [dict(params=[model.lm_head], lr=hp.adam_head_lr, overlap=False, label="lm_head"),
                    dict(params=[model.embed.weight], lr=hp.adam_embed_lr, overlap=False, label="embed"),
-                   dict(params=[ve.weight for ve in model.value_embeds], lr=hp.adam_embed_lr, label="value_embeds"),
+                   dict(params=[ve.weight for ve in model.value_embeds], lr=hp.adam_value_embed_lr,
+                        label="value_embeds"),
                    dict(params=scalars, lr=hp.adam_scalar_lr, label="scalars")]
     for group in adam_groups:
-        group["initial_lr"] = group["lr"]
+        betas, wd_mul = ADAM_PARAMS[group["label"]]
+        group.update(initial_lr=group["lr"], betas=betas, weight_decay=hp.adam_weight_decay * wd_mul)
     grouped = [p for g in muon_groups + adam_groups for p in g["params"]]
     assert len(grouped) == len(set(grouped)) == len(list(model.parameters())), "each parameter in one group"
     return [NorMuon(muon_groups, lr=hp.muon_lr, momentum=hp.muon_momentum, beta2=hp.muon_beta2,
                     weight_decay=hp.muon_weight_decay, rank=rank, world_size=world_size),
-            DistAdam(adam_groups, betas=(hp.adam_beta1, hp.adam_beta2), eps=1e-10, rank=rank,
-                     world_size=world_size)]
+            DistAdam(adam_groups, eps=1e-10, rank=rank, world_size=world_size)]
 
 
 def set_grad_sync(optimizers, enabled: bool) -> None:

@@ -143,6 +143,8 @@ def test_gpt_forward_matches_the_model_written_out(monkeypatch):
     with torch.no_grad():
         for name, param in model.named_parameters():
             param.copy_(param + 0.3 * param.std().nan_to_num(0.3).clamp_min(0.3) * torch.randn(param.shape, generator=g))
+        for ve in model.value_embeds:  # unit scale, far above their init, so a misrouted one shows
+            ve.weight.normal_(generator=g)
     tokens = random_documents(385, seed=8)
     windows = {"S": 128, "L": 256}
     loss = model(tokens[:-1].int(), tokens[1:].long(), {k: torch.tensor(w) for k, w in windows.items()})
@@ -163,6 +165,12 @@ def test_zero_initialized_output_projections_make_blocks_identity():
         x, x0 = torch.randn(2, 1, 16, hp.model_dim).unbind(0)
         mask = tg.attention_mask(torch.arange(16), torch.tensor(128))
         assert torch.equal(block(x, x0, None, mask), x)  # residual_mix starts at (1, 0): x, not x0, passes
+
+
+def test_embeddings_start_at_their_configured_scales():
+    model, hp = tiny_model(embed_std=0.03, value_embed_std=0.2, num_value_embeds=1)
+    assert model.embed.weight.std().item() == pytest.approx(0.03, rel=0.02)
+    assert model.value_embeds[0].weight.std().item() == pytest.approx(0.2, rel=0.02)
 
 
 def test_lm_head_is_the_transposed_embedding_while_tied():
@@ -207,12 +215,17 @@ def test_parse_args_overrides_and_rejects_bad_flags():
 
 def test_schedules():
     hp = tg.parse_args(["--num_iterations=100", "--cooldown_frac=0.5", "--final_lr_frac=0.1",
-                        "--seq_lens=1024,2048", "--window_min=384", "--window_max=1792"])
-    assert tg.lr_scale(0, hp) == 1.0 and tg.lr_scale(50, hp) == 1.0
-    assert abs(tg.lr_scale(75, hp) - 0.55) < 1e-9 and abs(tg.lr_scale(100, hp) - 0.1) < 1e-9
+                        "--seq_lens=1024,2048", "--lr_stage_muls=1.0,1.5", "--window_blocks=1:3,3:7,5:11",
+                        "--momentum_warmup_frac=0.2", "--momentum_cooldown_frac=0.1"])
+    # lr: stage multiplier 1.0 then 1.5; from step 50 linear from the stage's multiplier to 0.1
+    assert [tg.lr_scale(s, hp) for s in (0, 49, 50)] == [1.0, 1.0, 1.5]
+    assert tg.lr_scale(75, hp) == pytest.approx(1.5 * 0.5 + 0.1 * 0.5) and tg.lr_scale(100, hp) == pytest.approx(0.1)
     assert [tg.seq_len_at(s, hp) for s in (0, 49, 50, 99)] == [1024, 1024, 2048, 2048]
-    assert tg.windows_at(0, hp) == {"L": 384, "S": 256} and tg.windows_at(100, hp) == {"L": 1792, "S": 896}
-    assert tg.momentum_at(0, hp) == hp.muon_momentum_start and tg.momentum_at(10**6, hp) == hp.muon_momentum
+    assert [tg.windows_at(s, hp) for s in (0, 33, 34, 67, 100)] == [
+        {"S": 128, "L": 384}, {"S": 128, "L": 384}, {"S": 384, "L": 896}, {"S": 640, "L": 1408}, {"S": 640, "L": 1408}]
+    # momentum: 0.85 -> 0.95 over the first 20 steps, 0.95 -> 0.85 over the last 10
+    assert [tg.momentum_at(s, hp) for s in (0, 10, 20, 50, 90, 95, 100)] == pytest.approx(
+        [0.85, 0.90, 0.95, 0.95, 0.95, 0.90, 0.85])
 
 
 def test_block_mask_from_document_blocks_equals_create_block_mask():

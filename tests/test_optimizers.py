@@ -61,12 +61,19 @@ def one_matrix_step(p0, grad, **group):
 
 
 def test_normuon_cautious_weight_decay_only_where_signs_agree():
-    # A positive diagonal gradient has polar factor I exactly (products of diagonals stay diagonal), so the
-    # update is positive on the diagonal and zero elsewhere; lr_mul=0 leaves only the decay, lr·wd = 0.025.
-    p0 = torch.tensor([[1.0, -2.0], [3.0, -4.0]])
-    p, _ = one_matrix_step(p0, torch.diag(torch.tensor([2.0, 5.0])), neuron_axis=-1, lr_mul=0.0)
-    assert p[0, 0].item() == pytest.approx(1.0 - 0.025, abs=1e-7)
-    assert torch.equal(p.flatten()[1:], torch.tensor([-2.0, 3.0, -4.0]))
+    # A positive diagonal gradient has polar factor ~I (products of diagonals stay diagonal), so the update is
+    # positive on the diagonal and zero elsewhere. Against the same step without decay, the decay is
+    # wd·lr·(lr·lr_mul) = 0.25·0.1·0.3 of p where p is positive too, and nothing elsewhere.
+    p0, grad = torch.tensor([[1.0, -2.0], [3.0, -4.0]]), torch.diag(torch.tensor([2.0, 5.0]))
+    stepped = []
+    for wd in (0.25, 0.0):
+        p = nn.Parameter(p0.clone())
+        p.grad = grad.clone()
+        NorMuon([dict(params=[p], neuron_axis=-1, lr_mul=3.0)], lr=0.1, momentum=0.5, weight_decay=wd).step()
+        stepped.append(p.detach())
+    decay = stepped[1] - stepped[0]
+    torch.testing.assert_close(decay, torch.tensor([[0.25 * 0.1 * 0.3 * 1.0, 0.0], [0.0, 0.0]]))
+    assert stepped[1][0, 0] < 1.0 and stepped[1][1, 1] < -4.0  # the update itself moved the diagonal
 
 
 def test_normuon_step_is_lr_times_lr_mul_whatever_the_shape():
@@ -112,24 +119,35 @@ def test_normuon_matches_plain_reference_over_steps():
         v = 0.9 * v + 0.1 * (u ** 2).mean(dim=-1, keepdim=True)
         normalized = u / (v.sqrt() + 1e-10)
         normalized = normalized * u.norm(dim=(1, 2), keepdim=True) / normalized.norm(dim=(1, 2), keepdim=True)
-        decay = lr * 0.3 * want * (normalized * want > 0)
+        decay = 0.3 * lr * (lr * 0.7) * want * (normalized * want > 0)
         want = want - decay - lr * 0.7 * normalized
         torch.testing.assert_close(p.detach(), want, rtol=1e-4, atol=1e-5)
 
 
-def test_distadam_matches_torch_adamw_on_one_process():
+def test_distadam_matches_torch_adam_on_one_process():
     torch.manual_seed(6)
     p, q = nn.Parameter(torch.randn(5, 3)), nn.Parameter(torch.randn(5, 3))
     q.data.copy_(p.data)
-    ours = DistAdam([dict(params=[p], lr=0.01, lr_mul=2.0)], betas=(0.8, 0.95), eps=1e-3, weight_decay=0.1)
-    theirs = torch.optim.AdamW([q], lr=0.02, betas=(0.8, 0.95), eps=1e-3, weight_decay=0.1)
+    ours = DistAdam([dict(params=[p], lr=0.01, lr_mul=2.0)], betas=(0.8, 0.95), eps=1e-3)
+    theirs = torch.optim.Adam([q], lr=0.02, betas=(0.8, 0.95), eps=1e-3)
     for _ in range(4):
         g = torch.randn(5, 3)
         p.grad, q.grad = g.clone(), g.clone()
         ours.step()
         theirs.step()
-    # lr_mul scales the whole step, decay included: ours at lr 0.01 · lr_mul 2 is AdamW at lr 0.02
+    # lr_mul scales the step: ours at lr 0.01 · lr_mul 2 is Adam at lr 0.02
     torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_distadam_decay_is_cautious_and_proportional_to_lr_squared():
+    """One step from zero state: the update is lr·sign(g) (bias-corrected Adam's first step, eps 0); the decay is
+    lr²·wd, and only where the update pulls the weight toward zero (g and p of one sign)."""
+    p = nn.Parameter(torch.tensor([2.0, -2.0, 2.0, -2.0]))
+    p.grad = torch.tensor([1.0, 1.0, -1.0, -1.0])
+    DistAdam([dict(params=[p], lr=0.1, lr_mul=3.0, weight_decay=2.0, betas=(0.5, 0.9))], eps=0.0).step()
+    lr = 0.3
+    want = torch.tensor([2.0 - lr * lr * 2.0 * 2.0 - lr, -2.0 - lr, 2.0 + lr, -2.0 + lr * lr * 2.0 * 2.0 + lr])
+    torch.testing.assert_close(p.detach(), want)
 
 
 def test_normuon_rejects_group_without_explicit_lr_mul():

@@ -123,7 +123,7 @@ def checkpoint(shards, tmp_path_factory):
     ("truncate", [], "not a readable checkpoint"),
     ("other", [], "not a train_gpt.py checkpoint"),
     (None, ["--num_iterations=4", "--model_dim=128", "--head_dim=64"], "written with other hyperparameters: model_dim=64 there, 128 here"),
-    (None, ["--num_iterations=4", "--muon_lr=0.07"], "muon_lr=0.05 there, 0.07 here"),
+    (None, ["--num_iterations=4", "--muon_lr=0.07"], "muon_lr=0.023 there, 0.07 here"),
     ("final", [], "written at step 4, nothing is left before --num_iterations=4"),
 ])
 def test_a_bad_checkpoint_gets_one_clear_error_before_warmup(shards, tmp_path, checkpoint, monkeypatch, damage,
@@ -171,7 +171,7 @@ def test_help_lists_every_flag_with_its_default_and_comment(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--val_every=-1"], "--val_every=-1: must not be negative"),
     (["--muon_lr=-1"], "--muon_lr=-1.0: must be positive"),
-    (["--adam_beta1=1.5"], "--adam_beta1=1.5: must be in [0, 1)"),
+    (["--muon_beta2=1.5"], "--muon_beta2=1.5: must be in [0, 1)"),
     (["--num_iterations=3", "--num_iterations=4"], "--num_iterations is given twice"),
     (["--preset=tiny", "--preset=proxy"], "--preset is given twice"),
     (["--seq_lens=128,abc"], "--seq_lens=128,abc: must be comma-separated whole numbers"),

@@ -13,7 +13,8 @@ def shards(tmp_path_factory):
 
 SCHEDULE_FLAGS = ["--num_iterations=12", "--warmup_steps=0", "--val_every=0", "--lr_warmup_steps=2",
                   "--cooldown_frac=0.5", "--final_lr_frac=0.2", "--momentum_warmup_frac=0.5", "--untie_frac=0.5",
-                  "--window_min=128", "--window_max=640"]
+                  "--window_blocks=1:1,1:2,2:4,3:5", "--momentum_cooldown_frac=0.25", "--seq_lens=128,256",
+                  "--lr_stage_muls=1.0,1.5"]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def recorded(shards, tmp_path_factory) -> tuple[tg.Hyperparameters, dict]:
 
     def recording_forward(self, inputs, targets, windows):
         if torch.is_grad_enabled():
-            seen["forward"].append((self.tied, {kind: int(w) for kind, w in windows.items()}))
+            seen["forward"].append((self.tied, {kind: int(w) for kind, w in windows.items()}, len(inputs)))
         return forward(self, inputs, targets, windows)
 
     train, val = shards
@@ -50,7 +51,7 @@ def recorded(shards, tmp_path_factory) -> tuple[tg.Hyperparameters, dict]:
 
 def test_every_step_gives_the_optimizers_the_scheduled_lr_and_momentum(recorded):
     hp, seen = recorded
-    adam_lrs = [hp.adam_head_lr, hp.adam_embed_lr, hp.adam_embed_lr, hp.adam_scalar_lr]
+    adam_lrs = [hp.adam_head_lr, hp.adam_embed_lr, hp.adam_value_embed_lr, hp.adam_scalar_lr]
     assert len(seen["muon"]) == len(seen["adam"]) == hp.num_iterations
     scales = {tg.lr_scale(step, hp) for step in range(hp.num_iterations)}
     assert len(scales) > 5  # warm-up, flat and cooldown all occur
@@ -60,14 +61,15 @@ def test_every_step_gives_the_optimizers_the_scheduled_lr_and_momentum(recorded)
         assert [lr for lr, _ in seen["adam"][step]] == pytest.approx([lr * scale for lr in adam_lrs])
 
 
-def test_every_forward_sees_the_scheduled_windows_and_ties(recorded):
+def test_every_forward_sees_the_scheduled_windows_batch_and_ties(recorded):
     hp, seen = recorded
     micro_steps = hp.slices_per_step
     assert len(seen["forward"]) == hp.num_iterations * micro_steps
     assert len({tg.windows_at(step, hp)["L"] for step in range(hp.num_iterations)}) > 3  # the windows grow
-    for i, (tied, windows) in enumerate(seen["forward"]):
+    for i, (tied, windows, seq_len) in enumerate(seen["forward"]):
         step = i // micro_steps
         assert windows == tg.windows_at(step, hp), step
+        assert seq_len == tg.seq_len_at(step, hp), step
         assert tied == (step < tg.untie_step(hp)), step
     assert 0 < tg.untie_step(hp) < hp.num_iterations
 
@@ -106,3 +108,13 @@ def test_the_neuron_axis_in_the_table_changes_the_update(monkeypatch):
             assert (updates[0][name] - updates[1][name]).norm() > 0.05 * updates[0][name].norm(), name
         elif updates[0][name].any():
             torch.testing.assert_close(updates[0][name], updates[1][name], msg=name)
+
+
+def test_adam_groups_take_betas_and_decay_from_the_table(monkeypatch):
+    table = {"lm_head": ((0.1, 0.2), 1.0), "embed": ((0.3, 0.4), 2.0), "value_embeds": ((0.5, 0.6), 3.0),
+             "scalars": ((0.7, 0.8), 4.0)}
+    monkeypatch.setattr(tg, "ADAM_PARAMS", table)
+    model, (_, adam) = tiny_model_and_optimizers(monkeypatch, tg.MATRIX_PARAMS)
+    hp = tg.parse_args(["--preset=tiny"])
+    assert {g["label"]: (g["betas"], g["weight_decay"]) for g in adam.param_groups} == {
+        label: (betas, hp.adam_weight_decay * wd_mul) for label, (betas, wd_mul) in table.items()}
