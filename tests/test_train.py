@@ -220,3 +220,11 @@ def test_benchmark_prints_its_table_and_writes_a_trace(shards, tmp_path):
     events = json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"]
     assert any(e.get("name") == "Optimizer.step#NorMuon.step" for e in events)
     assert not re.search(r"^final_val_loss:", text, re.M)
+
+
+def test_a_reused_run_id_names_the_flag_and_keeps_the_old_log(shards, tmp_path, capsys):
+    assert tg.main(tiny_args(shards, tmp_path, "taken", "--num_iterations=2")) == 0
+    before = (tmp_path / "taken.txt").read_bytes()
+    assert tg.main(tiny_args(shards, tmp_path, "taken", "--num_iterations=2")) == 1
+    assert "--run_id=taken: cannot write the log" in capsys.readouterr().err
+    assert (tmp_path / "taken.txt").read_bytes() == before
