@@ -982,7 +982,6 @@ class GPT(nn.Module):
     def __init__(self, hp: "Hyperparameters"):
         super().__init__()
         V, D, L = hp.vocab_size, hp.model_dim, hp.num_layers
-        assert L % 2 == 0 and len(hp.window_pattern) == L, "--num_layers must be even and match --window_pattern"
         self.window_pattern, self.logit_cap = hp.window_pattern, hp.logit_cap
         self.embed = nn.Embedding(V, D)
         self.embed.weight.data.normal_(0.0, hp.embed_std)

@@ -228,3 +228,16 @@ def test_a_reused_run_id_names_the_flag_and_keeps_the_old_log(shards, tmp_path, 
     assert tg.main(tiny_args(shards, tmp_path, "taken", "--num_iterations=2")) == 1
     assert "--run_id=taken: cannot write the log" in capsys.readouterr().err
     assert (tmp_path / "taken.txt").read_bytes() == before
+
+
+def test_a_run_that_wraps_around_its_data_says_so(tmp_path):
+    train, val = make_shards(tmp_path / "small", train_tokens=3_000, val_tokens=4_000, num_train=1)
+    assert tg.main(tiny_args((train, val), tmp_path, "wrap", "--num_iterations=6", "--val_every=0")) == 0
+    lines = (tmp_path / "wrap.txt").read_text().splitlines()
+    wraps = [re.fullmatch(r"info:data wrapped around: step (\d+) starts pass (\d+) over (.*)", line) for line in lines
+             if line.startswith("info:data")]
+    # 8 slices of 129 tokens a step and the tails before BOS dropped: 3,000 tokens last at most 2 steps a pass
+    assert len(wraps) >= 2 and all(w and w[3] == train for w in wraps)
+    assert [int(w[2]) for w in wraps] == list(range(2, 2 + len(wraps)))
+    steps = [int(w[1]) for w in wraps]
+    assert steps == sorted(set(steps)) and 2 <= steps[0] and steps[-1] <= 6
