@@ -22,6 +22,7 @@ import time
 import uuid
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -247,12 +248,33 @@ def transpose_add(src: torch.Tensor, dst: torch.Tensor) -> None:
     (transpose_add_triton if on_gpu(src) else transpose_add_torch)(src, dst)
 
 
-def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
-    return cap * torch.tanh(logits / cap)
+class LogitCap(NamedTuple):
+    """Bounded logits z = scale·tanh((l + shift) / width) + offset. 15·tanh(l / 15) is (0, 15, 15, 0); the public
+    speedrun's 23·σ((l + 5) / 7.5) = 11.5·tanh((l + 5) / 15) + 11.5 is (5, 15, 11.5, 11.5)."""
+    shift: float
+    width: float
+    scale: float
+    offset: float
+
+    @staticmethod
+    def parse(spec: str) -> "LogitCap":
+        """'tanh:C' -> C·tanh(l / C); 'sigmoid:A,B,C' -> A·σ((l + B) / C)."""
+        kind, _, numbers = spec.partition(":")
+        values = [float(v) for v in numbers.split(",")] if numbers else []
+        if kind == "tanh" and len(values) == 1 and values[0] > 0:
+            return LogitCap(0.0, values[0], values[0], 0.0)
+        if kind == "sigmoid" and len(values) == 3 and values[0] > 0 and values[2] > 0:
+            a, b, c = values
+            return LogitCap(b, 2 * c, a / 2, a / 2)
+        raise ValueError(f"logit cap {spec!r}: expected tanh:C or sigmoid:A,B,C with positive C and A")
 
 
-def softcap_cross_entropy_torch(logits: torch.Tensor, targets: torch.Tensor, cap: float) -> torch.Tensor:
-    """logits: (T, V), targets: (T,) int64 -> mean cross-entropy of cap·tanh(logits / cap), fp32 scalar."""
+def softcap(logits: torch.Tensor, cap: LogitCap) -> torch.Tensor:
+    return cap.scale * torch.tanh((logits + cap.shift) / cap.width) + cap.offset
+
+
+def softcap_cross_entropy_torch(logits: torch.Tensor, targets: torch.Tensor, cap: LogitCap) -> torch.Tensor:
+    """logits: (T, V), targets: (T,) int64 -> mean cross-entropy of softcap(logits), fp32 scalar."""
     return F.cross_entropy(softcap(logits.float(), cap), targets)
 
 
@@ -268,100 +290,106 @@ def _tanh(x, FAST: tl.constexpr):
 
 
 @triton.jit
-def _softcap_ce_forward_kernel(L, targets, lse, losses, V, stride_l, cap, BLOCK_V: tl.constexpr,
-                               FAST_TANH: tl.constexpr):
+def _softcap_ce_forward_kernel(L, targets, lse, losses, V, stride_l, shift, width, scale, offset,
+                               BLOCK_V: tl.constexpr, FAST_TANH: tl.constexpr):
     """One row of L: (T, V) per program: lse[row] = log Σ exp(z), losses[row] = lse - z[target], z = softcap(L).
-    Softcapped logits lie in [-cap, cap], so exp cannot overflow and one pass with no running max suffices."""
+    Capped logits lie in [offset - scale, offset + scale], so exp cannot overflow and one pass with no running max
+    suffices."""
     row = tl.program_id(0).to(tl.int64)
     total = tl.zeros((BLOCK_V,), dtype=tl.float32)
     for start in range(0, V, BLOCK_V):
         cols = start + tl.arange(0, BLOCK_V)
         x = tl.load(L + row * stride_l + cols, mask=cols < V, other=0.0).to(tl.float32)
-        z = cap * _tanh(x / cap, FAST_TANH)
+        z = scale * _tanh((x + shift) / width, FAST_TANH) + offset
         total += tl.where(cols < V, tl.exp(z), 0.0)
     row_lse = tl.log(tl.sum(total, axis=0))
     x_target = tl.load(L + row * stride_l + tl.load(targets + row)).to(tl.float32)
     tl.store(lse + row, row_lse)
-    tl.store(losses + row, row_lse - cap * _tanh(x_target / cap, FAST_TANH))
+    tl.store(losses + row, row_lse - (scale * _tanh((x_target + shift) / width, FAST_TANH) + offset))
 
 
 @triton.jit
-def _softcap_ce_backward_kernel(L, G, targets, lse, grad_loss, V, stride_l, stride_g, inv_T, cap,
-                                BLOCK_V: tl.constexpr, FAST_TANH: tl.constexpr):
-    """G[row] = grad_loss / T · (softmax(z) - onehot(target)) · (1 - tanh²), z = softcap(L), in G's dtype."""
+def _softcap_ce_backward_kernel(L, G, targets, lse, grad_loss, V, stride_l, stride_g, inv_T, shift, width, scale,
+                                offset, BLOCK_V: tl.constexpr, FAST_TANH: tl.constexpr):
+    """G[row] = grad_loss / T · (softmax(z) - onehot(target)) · scale / width · (1 - tanh²), z = softcap(L), in
+    G's dtype."""
     row = tl.program_id(0).to(tl.int64)
     row_lse, target = tl.load(lse + row), tl.load(targets + row)
-    scale = tl.load(grad_loss).to(tl.float32) * inv_T
+    g = tl.load(grad_loss).to(tl.float32) * inv_T * (scale / width)
     for start in range(0, V, BLOCK_V):
         cols = start + tl.arange(0, BLOCK_V)
         x = tl.load(L + row * stride_l + cols, mask=cols < V, other=0.0).to(tl.float32)
-        t = _tanh(x / cap, FAST_TANH)
-        d = tl.exp(cap * t - row_lse) - tl.where(cols == target, 1.0, 0.0)
-        tl.store(G + row * stride_g + cols, (scale * d * (1 - t * t)).to(G.dtype.element_ty), mask=cols < V)
+        t = _tanh((x + shift) / width, FAST_TANH)
+        d = tl.exp(scale * t + offset - row_lse) - tl.where(cols == target, 1.0, 0.0)
+        tl.store(G + row * stride_g + cols, (g * d * (1 - t * t)).to(G.dtype.element_ty), mask=cols < V)
 
 
 CE_BLOCK_V = 2048  # vocabulary columns per loop iteration of the cross-entropy kernels
 
 
 @torch.library.custom_op("train_gpt::softcap_cross_entropy", mutates_args=())
-def softcap_cross_entropy_triton(logits: torch.Tensor, targets: torch.Tensor, cap: float,
-                                 fast_tanh: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits: (T, V) with unit stride along V, targets: (T,) int64 -> (mean softcapped cross-entropy, an fp32
-    scalar; lse: (T,) fp32, kept for the backward, which reads the logits once and writes their gradient once).
-    An op opaque to torch.compile, so the Triton kernels are called as written, without a graph break."""
+def softcap_cross_entropy_triton(logits: torch.Tensor, targets: torch.Tensor, shift: float, width: float,
+                                 scale: float, offset: float, fast_tanh: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits: (T, V) with unit stride along V, targets: (T,) int64, a LogitCap's four numbers -> (mean capped
+    cross-entropy, an fp32 scalar; lse: (T,) fp32, kept for the backward, which reads the logits once and writes
+    their gradient once). An op opaque to torch.compile, so the Triton kernels are called as written, without a
+    graph break."""
     T, V = logits.shape
     lse = torch.empty(T, dtype=torch.float32, device=logits.device)
     losses = torch.empty_like(lse)
-    _softcap_ce_forward_kernel[(T,)](logits, targets, lse, losses, V, logits.stride(0), cap,
+    _softcap_ce_forward_kernel[(T,)](logits, targets, lse, losses, V, logits.stride(0), shift, width, scale, offset,
                                      BLOCK_V=CE_BLOCK_V, FAST_TANH=fast_tanh, num_warps=8)
     return losses.mean(), lse
 
 
 @softcap_cross_entropy_triton.register_fake
-def _(logits, targets, cap, fast_tanh):
+def _(logits, targets, shift, width, scale, offset, fast_tanh):
     return logits.new_empty((), dtype=torch.float32), logits.new_empty(logits.shape[0], dtype=torch.float32)
 
 
 @torch.library.custom_op("train_gpt::softcap_cross_entropy_backward", mutates_args=())
 def softcap_cross_entropy_backward(grad_loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
-                                   lse: torch.Tensor, cap: float, fast_tanh: bool) -> torch.Tensor:
+                                   lse: torch.Tensor, shift: float, width: float, scale: float, offset: float,
+                                   fast_tanh: bool) -> torch.Tensor:
     """-> the gradient of the logits: (T, V) in their dtype."""
     T, V = logits.shape
     grad = torch.empty_like(logits)
     _softcap_ce_backward_kernel[(T,)](logits, grad, targets, lse, grad_loss.contiguous(), V, logits.stride(0),
-                                      grad.stride(0), 1.0 / T, cap, BLOCK_V=CE_BLOCK_V, FAST_TANH=fast_tanh,
-                                      num_warps=8)
+                                      grad.stride(0), 1.0 / T, shift, width, scale, offset, BLOCK_V=CE_BLOCK_V,
+                                      FAST_TANH=fast_tanh, num_warps=8)
     return grad
 
 
 @softcap_cross_entropy_backward.register_fake
-def _(grad_loss, logits, targets, lse, cap, fast_tanh):
+def _(grad_loss, logits, targets, lse, shift, width, scale, offset, fast_tanh):
     return torch.empty_like(logits)
 
 
 def _softcap_cross_entropy_save(ctx, inputs, output):
-    logits, targets, cap, fast_tanh = inputs
+    logits, targets, *ctx.constants = inputs  # shift, width, scale, offset, fast_tanh
     ctx.save_for_backward(logits, targets, output[1])
-    ctx.cap, ctx.fast_tanh = cap, fast_tanh
 
 
 def _softcap_cross_entropy_grads(ctx, grad_loss, _grad_lse):  # lse is returned only to be saved
-    return softcap_cross_entropy_backward(grad_loss, *ctx.saved_tensors, ctx.cap, ctx.fast_tanh), None, None, None
+    grad = softcap_cross_entropy_backward(grad_loss, *ctx.saved_tensors, *ctx.constants)
+    return grad, None, None, None, None, None, None
 
 
 softcap_cross_entropy_triton.register_autograd(_softcap_cross_entropy_grads,
                                                setup_context=_softcap_cross_entropy_save)
 
 
-def softcap_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, cap: float) -> torch.Tensor:
-    """logits: (T, V), targets: (T,) int64 -> mean cross-entropy of cap·tanh(logits / cap). On CUDA the fused
+def softcap_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, cap: LogitCap) -> torch.Tensor:
+    """logits: (T, V), targets: (T,) int64 -> mean cross-entropy of softcap(logits, cap). On CUDA the fused
     kernels, with the approximate tanh instruction while autograd records; evaluation under no_grad keeps the
     exact tanh, so validation losses carry no approximation error."""
     if not on_gpu(logits):
         return softcap_cross_entropy_torch(logits, targets, cap)
-    if cap > 60:
-        raise ValueError(f"logit cap {cap} > 60: exp(cap) would overflow the kernel's single fp32 pass")
-    return softcap_cross_entropy_triton(logits, targets.contiguous(), cap, torch.is_grad_enabled())[0]
+    if cap.offset + cap.scale > 60:
+        raise ValueError(f"logit cap {cap}: logits up to {cap.offset + cap.scale} > 60, exp would overflow the "
+                         f"kernel's single fp32 pass")
+    return softcap_cross_entropy_triton(logits, targets.contiguous(), *cap, torch.is_grad_enabled())[0]
+
 
 def relu_sq_mlp_torch(x: torch.Tensor, fc: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
     """x: (T, D), fc: (H, D), proj: (D, H) -> relu(x·fcᵀ)²·projᵀ: (T, D)."""
@@ -982,7 +1010,7 @@ class GPT(nn.Module):
     def __init__(self, hp: "Hyperparameters"):
         super().__init__()
         V, D, L = hp.vocab_size, hp.model_dim, hp.num_layers
-        self.window_pattern, self.logit_cap = hp.window_pattern, hp.logit_cap
+        self.window_pattern, self.logit_cap = hp.window_pattern, LogitCap.parse(hp.logit_cap)
         self.embed = nn.Embedding(V, D)
         self.embed.weight.data.normal_(0.0, hp.embed_std)
         num_ve = min(hp.num_value_embeds, L // 2)
@@ -1241,7 +1269,7 @@ class Hyperparameters:
     num_value_embeds: int = 3  # value embeddings, each feeding one block of each half
     attn_scale: float = 0.12  # QK-norm bounds q·k by head_dim, so the usual 1/sqrt(head_dim) is too soft
     rope_base: float = 10000.0  # rotary embedding base
-    logit_cap: float = 15.0  # logits are cap·tanh(logits / cap)
+    logit_cap: str = "tanh:15"  # tanh:C bounds logits as C·tanh(l/C), sigmoid:A,B,C as A·σ((l+B)/C)
     embed_std: float = 0.005  # init std of the token embedding (and the tied LM head)
     value_embed_std: float = 0.01  # init std of the value embeddings
     window_pattern: str = "SSSLSSSLSSSL"  # per block: S short or L long sliding window
@@ -1286,7 +1314,7 @@ class Hyperparameters:
 
         for flag in ("val_tokens", "val_seq_len", "slices_per_step", "num_iterations", "vocab_size", "num_layers",
                      "model_dim", "num_heads", "head_dim", "mlp_mult", "attn_gate_dim", "attn_scale", "rope_base",
-                     "logit_cap", "embed_std", "value_embed_std", "muon_lr", "adam_embed_lr", "adam_head_lr",
+                     "embed_std", "value_embed_std", "muon_lr", "adam_embed_lr", "adam_head_lr",
                      "adam_value_embed_lr", "adam_scalar_lr"):
             require(getattr(self, flag) > 0, flag, "must be positive")
         for flag in ("num_value_embeds", "muon_weight_decay", "adam_weight_decay", "lr_warmup_steps", "val_every",
@@ -1299,6 +1327,10 @@ class Hyperparameters:
             require(0 <= getattr(self, flag) <= 1, flag, "must be in [0, 1]")
         require(0 < self.cooldown_frac <= 1, "cooldown_frac", "must be in (0, 1]")
         require(self.num_heads * self.head_dim == self.model_dim, "model_dim", "must equal num_heads * head_dim")
+        try:
+            LogitCap.parse(self.logit_cap)
+        except ValueError as e:
+            raise ValueError(f"--logit_cap={self.logit_cap}: {e}") from None
         require(self.model_dim % 8 == 0 or not self.fused_mlp, "model_dim",
                 "must be a multiple of 8 with --fused_mlp: its kernel copies tiles by TMA, which needs 16-byte rows")
         require(self.num_layers % 2 == 0, "num_layers", "must be even (U-net skips pair the halves)")

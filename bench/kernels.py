@@ -14,6 +14,7 @@ import train_gpt as T  # noqa: E402
 MATRIX_BATCHES = [("attention", (48, 768, 768)), ("mlp in", (12, 3072, 768)), ("mlp out", (12, 768, 3072))]
 VOCAB, DIM = 50304, 768
 B, C = -2.808917465908714, 0.5000178451051316  # a Polar Express step's (b, c)
+CAP = T.LogitCap.parse(T.Hyperparameters.logit_cap)
 
 
 def ms(fn) -> float:
@@ -122,7 +123,7 @@ def bench_cross_entropy() -> None:
     gb = logits.numel() * logits.element_size() / 1e6  # MB read by the forward; the backward also writes as much
 
     def forward(fast):
-        return T.softcap_cross_entropy_triton(logits, targets, 15.0, fast)[0]
+        return T.softcap_cross_entropy_triton(logits, targets, *CAP, fast)[0]
 
     t_fast, t_exact = ms(lambda: forward(True)), ms(lambda: forward(False))
     row("softcap CE forward, fast vs exact", (tokens, VOCAB), t_fast, t_exact,
@@ -130,7 +131,7 @@ def bench_cross_entropy() -> None:
     x = logits.clone().requires_grad_()
 
     def both(fast):
-        torch.autograd.grad(T.softcap_cross_entropy_triton(x, targets, 15.0, fast)[0], x)
+        torch.autograd.grad(T.softcap_cross_entropy_triton(x, targets, *CAP, fast)[0], x)
 
     t_fast, t_exact = ms(lambda: both(True)), ms(lambda: both(False))
     row("softcap CE fwd+bwd, fast vs exact", (tokens, VOCAB), t_fast, t_exact,

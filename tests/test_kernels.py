@@ -154,11 +154,14 @@ def test_transposes_match_torch_on_gpu(src_dtype, dst_dtype):
     check_transposes(torch.randn(50304, 768, dtype=src_dtype, device="cuda"), dst_dtype)
 
 
-def check_softcap_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, cap: float = 15.0,
+TANH_15 = T.LogitCap.parse("tanh:15")
+
+
+def check_softcap_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, cap: T.LogitCap = TANH_15,
                                 fast_tanh: bool = False, loss_tol: float = 1e-4, op=None):
     """Loss and gradient of the Triton pair against autograd through the torch definition, in fp64."""
     x = logits.clone().requires_grad_()
-    loss = (op or T.softcap_cross_entropy_triton)(x, targets, cap, fast_tanh)[0]
+    loss = (op or T.softcap_cross_entropy_triton)(x, targets, *cap, fast_tanh)[0]
     (3.0 * loss).backward()  # a non-unit upstream gradient
     ref_x = logits.double().requires_grad_()
     ref = T.softcap_cross_entropy_torch(ref_x, targets, cap)
@@ -175,6 +178,19 @@ def test_softcap_cross_entropy_matches_torch(dtype, monkeypatch):
     check_softcap_cross_entropy(logits, torch.randint(0, 300, (37,)))
 
 
+def test_sigmoid_logit_cap_is_upstreams_rescale_and_the_kernels_match_it(monkeypatch):
+    """'sigmoid:23,5,7.5' is 23·σ((l + 5) / 7.5), written here with torch.sigmoid, and the kernels agree."""
+    cap = T.LogitCap.parse("sigmoid:23,5,7.5")
+    logits = torch.randn(6, 40, dtype=torch.float64) * 20
+    torch.testing.assert_close(T.softcap(logits, cap), 23 * torch.sigmoid((logits + 5) / 7.5))
+    monkeypatch.setattr(T, "CE_BLOCK_V", 16)
+    check_softcap_cross_entropy((torch.randn(21, 70) * 20), torch.randint(0, 70, (21,)), cap=cap)
+    assert T.LogitCap.parse("tanh:15") == (0.0, 15.0, 15.0, 0.0)
+    for bad in ("tanh", "tanh:0", "sigmoid:23,5", "cosh:3", "tanh:x"):
+        with pytest.raises(ValueError):
+            T.LogitCap.parse(bad)
+
+
 def test_softcap_cross_entropy_traces_under_torch_compile_without_a_graph_break(monkeypatch):
     """The op's fake and autograd registrations: one whole graph calls it and its backward, same numbers."""
     monkeypatch.setattr(T, "CE_BLOCK_V", 64)
@@ -185,8 +201,8 @@ def test_softcap_cross_entropy_traces_under_torch_compile_without_a_graph_break(
 
 def test_softcap_cross_entropy_rejects_a_cap_that_could_overflow(monkeypatch):
     monkeypatch.setattr(T, "on_gpu", lambda x: True)
-    with pytest.raises(ValueError, match="logit cap 100"):
-        T.softcap_cross_entropy(torch.randn(2, 8), torch.zeros(2, dtype=torch.long), 100.0)
+    with pytest.raises(ValueError, match="logits up to 100.0 > 60"):
+        T.softcap_cross_entropy(torch.randn(2, 8), torch.zeros(2, dtype=torch.long), T.LogitCap.parse("tanh:100"))
 
 
 @pytest.mark.gpu
@@ -205,9 +221,9 @@ def test_softcap_cross_entropy_is_exact_when_evaluating(monkeypatch):
     targets = torch.zeros(4, dtype=torch.long)
     for cuda in (True, False):
         monkeypatch.setattr(T, "on_gpu", lambda x: cuda)
-        T.softcap_cross_entropy(torch.randn(4, 8), targets, 15.0)
+        T.softcap_cross_entropy(torch.randn(4, 8), targets, TANH_15)
         with torch.no_grad():
-            T.softcap_cross_entropy(torch.randn(4, 8), targets, 15.0)
+            T.softcap_cross_entropy(torch.randn(4, 8), targets, TANH_15)
     assert seen == [True, False]  # on CPU the torch definition runs
 
 

@@ -110,7 +110,11 @@ def attention_reference(attn, x: torch.Tensor, ve: torch.Tensor | None, tokens: 
     return (torch.einsum("hqk,khd->qhd", p, v) * gate[..., None]).reshape(T, D) @ W[3].T
 
 
-def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], rope_base: float) -> torch.Tensor:
+CAPPED = {"tanh:15": lambda l: 15 * torch.tanh(l / 15), "sigmoid:23,5,7.5": lambda l: 23 * torch.sigmoid((l + 5) / 7.5)}
+
+
+def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], rope_base: float,
+                       logit_cap: str) -> torch.Tensor:
     """The whole GPT written out in fp64, each wire spelled out: x0 = norm(embedding); block i first mixes
     a_i·x + b_i·x0; value embedding j feeds blocks j and L - num_ve + j; a second-half block i first adds
     sigmoid(gate)·(output of its mirror block L - 1 - i); the head reads norm(x); logits are softcapped."""
@@ -130,15 +134,16 @@ def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], rop
         x = x + torch.relu(rms_norm(x) @ p[f"blocks.{i}.mlp.fc"].T).square() @ p[f"blocks.{i}.mlp.proj"].T
         outputs.append(x)
     logits = rms_norm(x) @ p["lm_head"]
-    return F.cross_entropy(model.logit_cap * torch.tanh(logits / model.logit_cap), targets)
+    return F.cross_entropy(CAPPED[logit_cap](logits), targets)
 
 
-def test_gpt_forward_matches_the_model_written_out(monkeypatch):
+@pytest.mark.parametrize("logit_cap", CAPPED)
+def test_gpt_forward_matches_the_model_written_out(monkeypatch, logit_cap):
     """Every parameter moved off its init (so no wire hides behind a zero or a symmetry), then GPT.forward against
     gpt_reference_loss. The model's bf16 casts are made fp32 here, so the two agree to float rounding and a skip
     from the wrong block, a value embedding fed to the wrong block, a swapped mix or a dropped gate all show."""
     monkeypatch.setattr(torch.Tensor, "bfloat16", lambda t: t.float())
-    model, hp = tiny_model(num_layers=4, window_pattern="SLSL", num_value_embeds=2)
+    model, hp = tiny_model(num_layers=4, window_pattern="SLSL", num_value_embeds=2, logit_cap=logit_cap)
     g = torch.Generator().manual_seed(7)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -148,7 +153,7 @@ def test_gpt_forward_matches_the_model_written_out(monkeypatch):
     tokens = random_documents(385, seed=8)
     windows = {"S": 128, "L": 256}
     loss = model(tokens[:-1].int(), tokens[1:].long(), {k: torch.tensor(w) for k, w in windows.items()})
-    reference = gpt_reference_loss(model, tokens, windows, hp.rope_base)
+    reference = gpt_reference_loss(model, tokens, windows, hp.rope_base, logit_cap)
     assert abs(loss.item() - reference.item()) < 1e-5 * reference.item(), (loss.item(), reference.item())
 
 
@@ -192,8 +197,9 @@ def test_lm_head_is_the_transposed_embedding_while_tied():
 
 def test_logits_are_softcapped():
     x = torch.linspace(-1000, 1000, 101)
-    y = tg.softcap(x, 15.0)
-    assert y.abs().max() <= 15.0 and torch.allclose(tg.softcap(torch.tensor([0.1]), 15.0), torch.tensor([0.1]),
+    cap = tg.LogitCap.parse("tanh:15")
+    y = tg.softcap(x, cap)
+    assert y.abs().max() <= 15.0 and torch.allclose(tg.softcap(torch.tensor([0.1]), cap), torch.tensor([0.1]),
                                                     atol=1e-4)
 
 
