@@ -630,6 +630,7 @@ ADAM_PARAMS = {
     "embed": ((0.5, 0.95), 150.0),
     "value_embeds": ((0.75, 0.95), 5.0),
     "scalars": ((0.9, 0.99), 0.0),
+    "bigram_embed": ((0.75, 0.95), 5.0),
 }
 
 
@@ -950,6 +951,19 @@ def attend(q, k, v, mask, scale: float) -> torch.Tensor:  # q, k, v: (B, H, T, h
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
+# Odd multipliers that spread a (previous, current) token pair over int32 before the modulo: the public speedrun's
+# bigram hash embedding (its record of 2026-01-19), whose collisions are rare because token pairs are Zipfian.
+BIGRAM_MULTIPLIERS = (36313, 27191)
+
+
+def bigram_hash(inputs: torch.Tensor, buckets: int) -> torch.Tensor:
+    """inputs: (T,) int32 tokens -> (T,) int64 row of each (previous, current) pair in [0, buckets - 1); position 0,
+    whose previous token is not in view, gets the reserved row buckets - 1."""
+    x = inputs.to(torch.int64)
+    pairs = torch.bitwise_xor(BIGRAM_MULTIPLIERS[0] * x[1:], BIGRAM_MULTIPLIERS[1] * x[:-1]) % (buckets - 1)
+    return torch.cat([x.new_full((1,), buckets - 1), pairs])
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, head_dim: int, gate_dim: int, rotary: Rotary, scale: float):
         super().__init__()
@@ -1026,6 +1040,10 @@ class GPT(nn.Module):
                   hp.fused_mlp)
             for _ in range(L))
         self.skip_gates = nn.Parameter(torch.zeros(L // 2))  # sigmoid(0) = 0.5
+        self.bigram_embed = nn.Embedding(hp.bigram_buckets, D) if hp.bigram_buckets else None
+        if self.bigram_embed is not None:  # starts silent: zero rows, each block's input gets 0.1 of them
+            self.bigram_embed.weight.data.zero_()
+            self.bigram_lambdas = nn.Parameter(torch.full((L,), 0.1))
         self.lm_head = nn.Parameter(self.embed.weight.data.T.contiguous())  # (D, V)
         self.tied = True
 
@@ -1034,10 +1052,14 @@ class GPT(nn.Module):
         masks = {kind: attention_mask(inputs, window) for kind, window in windows.items()}
         x = x0 = norm(self.embed(inputs).bfloat16())[None]  # (1, T, D)
         ves = [ve(inputs).bfloat16()[None] for ve in self.value_embeds]
+        if self.bigram_embed is not None:
+            bigrams = self.bigram_embed(bigram_hash(inputs, self.bigram_embed.num_embeddings)).bfloat16()[None]
         skips, half = [], len(self.blocks) // 2
         for i, block in enumerate(self.blocks):
             if i >= half:
                 x = x + torch.sigmoid(self.skip_gates[i - half]) * skips.pop()
+            if self.bigram_embed is not None:
+                x = x + self.bigram_lambdas[i] * bigrams
             j = self.value_embed_of_block[i]
             x = block(x, x0, ves[j] if j is not None else None, masks[self.window_pattern[i]])
             if i < half:
@@ -1272,6 +1294,7 @@ class Hyperparameters:
     logit_cap: str = "tanh:15"  # tanh:C bounds logits as C·tanh(l/C), sigmoid:A,B,C as A·σ((l+B)/C)
     embed_std: float = 0.005  # init std of the token embedding (and the tied LM head)
     value_embed_std: float = 0.01  # init std of the value embeddings
+    bigram_buckets: int = 0  # rows of a hashed token-pair embedding added to each block's input (0: none)
     window_pattern: str = "SSSLSSSLSSSL"  # per block: S short or L long sliding window
     window_blocks: str = "1:3,3:7,5:11"  # short:long sliding windows per equal stage of training, in 128-token blocks
     fused_mlp: bool = True  # relu² fused into the MLP's matmuls (Triton, CUDA only): -27 ms a step, -3.4 GiB on H100
@@ -1287,6 +1310,7 @@ class Hyperparameters:
     adam_head_lr: float = 0.008  # Adam lr of the LM head
     adam_value_embed_lr: float = 0.6  # Adam lr of the value embeddings
     adam_scalar_lr: float = 0.04  # Adam lr of the gates and mixing scalars
+    adam_bigram_lr: float = 0.6  # Adam lr of the bigram hash embedding
     adam_weight_decay: float = 0.005  # cautious weight decay, times lr² and ADAM_PARAMS' multiplier
     untie_frac: float = 2 / 3  # the embedding and LM head share weights until this fraction of training
     lr_warmup_steps: int = 0  # linear lr warm-up steps
@@ -1315,7 +1339,7 @@ class Hyperparameters:
         for flag in ("val_tokens", "val_seq_len", "slices_per_step", "num_iterations", "vocab_size", "num_layers",
                      "model_dim", "num_heads", "head_dim", "mlp_mult", "attn_gate_dim", "attn_scale", "rope_base",
                      "embed_std", "value_embed_std", "muon_lr", "adam_embed_lr", "adam_head_lr",
-                     "adam_value_embed_lr", "adam_scalar_lr"):
+                     "adam_value_embed_lr", "adam_scalar_lr", "adam_bigram_lr"):
             require(getattr(self, flag) > 0, flag, "must be positive")
         for flag in ("num_value_embeds", "muon_weight_decay", "adam_weight_decay", "lr_warmup_steps", "val_every",
                      "warmup_steps",
@@ -1335,6 +1359,8 @@ class Hyperparameters:
                 "must be a multiple of 8 with --fused_mlp: its kernel copies tiles by TMA, which needs 16-byte rows")
         require(self.num_layers % 2 == 0, "num_layers", "must be even (U-net skips pair the halves)")
         require(self.attn_gate_dim <= self.model_dim, "attn_gate_dim", "must not exceed --model_dim")
+        require(self.bigram_buckets == 0 or self.bigram_buckets >= 2, "bigram_buckets",
+                "must be 0 (none) or at least 2 (one row is reserved for the first position)")
         require(len(self.window_pattern) == self.num_layers and set(self.window_pattern) <= {"S", "L"},
                 "window_pattern", "needs one letter S or L per layer")
         require(all(n.strip().isdigit() for n in self.seq_lens.split(",")), "seq_lens",
@@ -1581,6 +1607,8 @@ def build_optimizers(model: GPT, hp: Hyperparameters, rank: int, world_size: int
                         initial_lr=hp.muon_lr, neuron_axis=neuron_axis, lr_mul=lr_mul)
                    for label, (neuron_axis, lr_mul) in MATRIX_PARAMS.items()]
     scalars = [model.skip_gates] + [p for b in blocks for p in (b.residual_mix, b.attn.value_mix)]
+    if model.bigram_embed is not None:
+        scalars.append(model.bigram_lambdas)
     # The embedding and the LM head communicate in step(), not from hooks: while tied, their gradients are
     # combined after backward (GPT.tie_gradients).
     adam_groups = [dict(params=[model.lm_head], lr=hp.adam_head_lr, overlap=False, label="lm_head"),
@@ -1588,6 +1616,8 @@ def build_optimizers(model: GPT, hp: Hyperparameters, rank: int, world_size: int
                    dict(params=[ve.weight for ve in model.value_embeds], lr=hp.adam_value_embed_lr,
                         label="value_embeds"),
                    dict(params=scalars, lr=hp.adam_scalar_lr, label="scalars")]
+    if model.bigram_embed is not None:
+        adam_groups.append(dict(params=[model.bigram_embed.weight], lr=hp.adam_bigram_lr, label="bigram_embed"))
     for group in adam_groups:
         betas, wd_mul = ADAM_PARAMS[group["label"]]
         group.update(initial_lr=group["lr"], betas=betas, weight_decay=hp.adam_weight_decay * wd_mul)

@@ -110,6 +110,18 @@ def attention_reference(attn, x: torch.Tensor, ve: torch.Tensor | None, tokens: 
     return (torch.einsum("hqk,khd->qhd", p, v) * gate[..., None]).reshape(T, D) @ W[3].T
 
 
+def python_bigram_rows(inputs: torch.Tensor, buckets: int) -> list[int]:
+    """The hash in plain Python integers: row (36313·t ^ 27191·previous) mod (buckets - 1), the first row reserved."""
+    x = inputs.tolist()
+    return [buckets - 1] + [((36313 * x[t]) ^ (27191 * x[t - 1])) % (buckets - 1) for t in range(1, len(x))]
+
+
+def test_bigram_hash_matches_the_formula_in_python_integers():
+    tokens = torch.tensor([50256, 17, 50303, 0, 42, 42, 9000], dtype=torch.int32)
+    assert tg.bigram_hash(tokens, 377_280).tolist() == python_bigram_rows(tokens, 377_280)
+    assert tg.bigram_hash(tokens, 7).tolist() == python_bigram_rows(tokens, 7)
+
+
 CAPPED = {"tanh:15": lambda l: 15 * torch.tanh(l / 15), "sigmoid:23,5,7.5": lambda l: 23 * torch.sigmoid((l + 5) / 7.5)}
 
 
@@ -128,6 +140,8 @@ def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], rop
             x = x + torch.sigmoid(p["skip_gates"][i - L // 2]) * outputs[L - 1 - i]
         j = i if i < num_ve else i - (L - num_ve) if i >= L - num_ve else None
         ve = p[f"value_embeds.{j}.weight"][inputs] if j is not None else None
+        if model.bigram_embed is not None:
+            x = x + p["bigram_lambdas"][i] * p["bigram_embed.weight"][python_bigram_rows(inputs, model.bigram_embed.num_embeddings)]
         a, b = p[f"blocks.{i}.residual_mix"]
         x = a * x + b * x0
         x = x + attention_reference(block.attn, rms_norm(x), ve, inputs, windows[model.window_pattern[i]], rope_base)
@@ -137,13 +151,14 @@ def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], rop
     return F.cross_entropy(CAPPED[logit_cap](logits), targets)
 
 
-@pytest.mark.parametrize("logit_cap", CAPPED)
-def test_gpt_forward_matches_the_model_written_out(monkeypatch, logit_cap):
+@pytest.mark.parametrize("logit_cap, bigram_buckets", [("tanh:15", 0), ("sigmoid:23,5,7.5", 0), ("tanh:15", 97)])
+def test_gpt_forward_matches_the_model_written_out(monkeypatch, logit_cap, bigram_buckets):
     """Every parameter moved off its init (so no wire hides behind a zero or a symmetry), then GPT.forward against
     gpt_reference_loss. The model's bf16 casts are made fp32 here, so the two agree to float rounding and a skip
     from the wrong block, a value embedding fed to the wrong block, a swapped mix or a dropped gate all show."""
     monkeypatch.setattr(torch.Tensor, "bfloat16", lambda t: t.float())
-    model, hp = tiny_model(num_layers=4, window_pattern="SLSL", num_value_embeds=2, logit_cap=logit_cap)
+    model, hp = tiny_model(num_layers=4, window_pattern="SLSL", num_value_embeds=2, logit_cap=logit_cap,
+                           bigram_buckets=bigram_buckets)
     g = torch.Generator().manual_seed(7)
     with torch.no_grad():
         for name, param in model.named_parameters():

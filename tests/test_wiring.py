@@ -118,3 +118,16 @@ def test_adam_groups_take_betas_and_decay_from_the_table(monkeypatch):
     hp = tg.parse_args(["--preset=tiny"])
     assert {g["label"]: (g["betas"], g["weight_decay"]) for g in adam.param_groups} == {
         label: (betas, hp.adam_weight_decay * wd_mul) for label, (betas, wd_mul) in table.items()}
+
+
+def test_the_bigram_embedding_is_trained_by_adam_with_its_own_lr_and_the_scalars_take_its_lambdas(monkeypatch):
+    monkeypatch.setattr(tg, "MATRIX_PARAMS", tg.MATRIX_PARAMS)
+    hp = tg.parse_args(["--preset=tiny", "--bigram_buckets=101", "--adam_bigram_lr=0.3"])
+    model = tg.GPT(hp)
+    _, adam = tg.build_optimizers(model, hp, rank=0, world_size=1)
+    groups = {g["label"]: g for g in adam.param_groups}
+    assert groups["bigram_embed"]["params"] == [model.bigram_embed.weight] and groups["bigram_embed"]["lr"] == 0.3
+    betas, wd_mul = tg.ADAM_PARAMS["bigram_embed"]
+    assert groups["bigram_embed"]["betas"] == betas and groups["bigram_embed"]["weight_decay"] == hp.adam_weight_decay * wd_mul
+    assert any(p is model.bigram_lambdas for p in groups["scalars"]["params"])
+    assert model.bigram_embed.weight.shape == (101, hp.model_dim) and not model.bigram_embed.weight.any()
