@@ -1324,6 +1324,7 @@ class Hyperparameters:
     run_id: str = ""  # the log is log_dir/<run_id>.txt (default: a random id)
     log_dir: str = "logs"  # where logs are written
     compile: bool = True  # torch.compile on CUDA (never on CPU)
+    compile_cache: str = ".cache/compile"  # inductor's and Triton's caches, kept across runs ("": torch's defaults)
     save_checkpoint: bool = False  # write checkpoint_dir/<run_id>_final.pt at the end
     save_every: int = 0  # write checkpoint_dir/<run_id>_step<N>.pt every this many steps (0: never)
     checkpoint_dir: str = "checkpoints"  # where checkpoints are written
@@ -1824,7 +1825,8 @@ class NonFiniteLoss(RuntimeError):
 
 # Fields a resumed run may change: where it reads, writes and logs, not what it trains.
 RESUMABLE_CHANGES = {"train_files", "val_files", "val_every", "warmup_steps", "run_id", "log_dir", "compile",
-                     "save_checkpoint", "save_every", "checkpoint_dir", "resume", "bench_steps", "bench_trace"}
+                     "compile_cache", "save_checkpoint", "save_every", "checkpoint_dir", "resume", "bench_steps",
+                     "bench_trace"}
 CHECKPOINT_KEYS = {"step", "train_time_ms", "tokens_seen", "tied", "model", "optimizers", "loader", "hparams"}
 
 
@@ -1871,6 +1873,15 @@ def restore_checkpoint(ckpt: dict, model: GPT, optimizers, loader) -> None:
     loader.load_state_dict(ckpt["loader"])
 
 
+def use_compile_cache(folder: str) -> None:
+    """Inductor's and Triton's on-disk caches in one stated folder, so a second run on the machine skips most of the
+    minutes of compiling (they read these variables when they first compile, after this)."""
+    if folder:
+        path = Path(folder).resolve()
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path / "inductor")
+        os.environ["TRITON_CACHE_DIR"] = str(path / "triton")
+
+
 def check_loss(loss: torch.Tensor, step: int) -> float:
     """The host value of a step's training loss; raises if it is not finite."""
     value = loss.item()
@@ -1883,6 +1894,7 @@ def train(hp: Hyperparameters, rank: int, world_size: int, device: torch.device,
     torch.manual_seed(hp.seed)
     model = GPT(hp).to(device)
     forward = torch.compile(model, dynamic=False) if on_gpu(device) and hp.compile else model
+    use_compile_cache(hp.compile_cache)
     optimizers = build_optimizers(model, hp, rank, world_size)
     if hp.bench_steps:
         warmup_kernels(model, forward, optimizers, hp, rank, world_size, device, log)

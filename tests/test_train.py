@@ -1,6 +1,7 @@
 import gzip
 import hashlib
 import json
+import math
 import os
 import re
 import subprocess
@@ -241,3 +242,17 @@ def test_a_run_that_wraps_around_its_data_says_so(tmp_path):
     assert [int(w[2]) for w in wraps] == list(range(2, 2 + len(wraps)))
     steps = [int(w[1]) for w in wraps]
     assert steps == sorted(set(steps)) and 2 <= steps[0] and steps[-1] <= 6
+
+
+def test_compile_cache_folder_receives_inductors_and_tritons_caches(shards, tmp_path, monkeypatch):
+    """--compile_cache points both caches at one folder before anything compiles; inductor reads it then (shown
+    here by compiling a function on the CPU, where training itself never compiles)."""
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    cache = tmp_path / "cache"
+    assert tg.main(tiny_args(shards, tmp_path, "cached", "--num_iterations=1", f"--compile_cache={cache}")) == 0
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(cache / "inductor")
+    assert os.environ["TRITON_CACHE_DIR"] == str(cache / "triton")
+    compiled = tg.torch.compile(lambda x: (x.sin() * 3).sum())
+    assert compiled(tg.torch.ones(8)).item() == pytest.approx(24 * math.sin(1.0), rel=1e-5)
+    assert any((cache / "inductor").rglob("*")), "inductor wrote nothing to the stated folder"
