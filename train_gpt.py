@@ -1893,8 +1893,8 @@ def check_loss(loss: torch.Tensor, step: int) -> float:
 def train(hp: Hyperparameters, rank: int, world_size: int, device: torch.device, log: Logger) -> float:
     torch.manual_seed(hp.seed)
     model = GPT(hp).to(device)
-    forward = torch.compile(model, dynamic=False) if on_gpu(device) and hp.compile else model
     use_compile_cache(hp.compile_cache)
+    forward = torch.compile(model, dynamic=False) if on_gpu(device) and hp.compile else model
     optimizers = build_optimizers(model, hp, rank, world_size)
     if hp.bench_steps:
         warmup_kernels(model, forward, optimizers, hp, rank, world_size, device, log)
