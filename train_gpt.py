@@ -631,6 +631,7 @@ ADAM_PARAMS = {
     "value_embeds": ((0.75, 0.95), 5.0),
     "scalars": ((0.9, 0.99), 0.0),
     "bigram_embed": ((0.75, 0.95), 5.0),
+    "smear_gate": ((0.9, 0.99), 0.0),
 }
 
 
@@ -1040,6 +1041,10 @@ class GPT(nn.Module):
                   hp.fused_mlp)
             for _ in range(L))
         self.skip_gates = nn.Parameter(torch.zeros(L // 2))  # sigmoid(0) = 0.5
+        self.smear = hp.smear
+        if self.smear:  # starts off: a zero λ; the gate reads the first attn_gate_dim channels of the embedding
+            self.smear_gate = nn.Parameter(torch.zeros(1, hp.attn_gate_dim))
+            self.smear_lambda = nn.Parameter(torch.zeros(1))
         self.bigram_embed = nn.Embedding(hp.bigram_buckets, D) if hp.bigram_buckets else None
         if self.bigram_embed is not None:  # starts silent: zero rows, each block's input gets 0.1 of them
             self.bigram_embed.weight.data.zero_()
@@ -1050,7 +1055,11 @@ class GPT(nn.Module):
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor, windows: dict) -> torch.Tensor:
         """inputs: (T,) int32, targets: (T,) int64, windows: kind ('S'/'L') -> window_tensor. Returns mean loss."""
         masks = {kind: attention_mask(inputs, window) for kind, window in windows.items()}
-        x = x0 = norm(self.embed(inputs).bfloat16())[None]  # (1, T, D)
+        e = self.embed(inputs).bfloat16()  # (T, D)
+        if self.smear:  # each token's embedding takes a gated share of the previous token's
+            gate = torch.sigmoid(F.linear(e[1:, :self.smear_gate.size(1)], self.smear_gate.type_as(e)))  # (T-1, 1)
+            e = torch.cat([e[:1], e[1:] + self.smear_lambda * gate * e[:-1]])
+        x = x0 = norm(e)[None]  # (1, T, D)
         ves = [ve(inputs).bfloat16()[None] for ve in self.value_embeds]
         if self.bigram_embed is not None:
             bigrams = self.bigram_embed(bigram_hash(inputs, self.bigram_embed.num_embeddings)).bfloat16()[None]
@@ -1295,6 +1304,7 @@ class Hyperparameters:
     embed_std: float = 0.005  # init std of the token embedding (and the tied LM head)
     value_embed_std: float = 0.01  # init std of the value embeddings
     bigram_buckets: int = 0  # rows of a hashed token-pair embedding added to each block's input (0: none)
+    smear: bool = False  # each token's embedding takes a gated share of the previous token's
     window_pattern: str = "SSSLSSSLSSSL"  # per block: S short or L long sliding window
     window_blocks: str = "1:3,3:7,5:11"  # short:long sliding windows per equal stage of training, in 128-token blocks
     fused_mlp: bool = True  # relu² fused into the MLP's matmuls (Triton, CUDA only): -27 ms a step, -3.4 GiB on H100
@@ -1311,6 +1321,7 @@ class Hyperparameters:
     adam_value_embed_lr: float = 0.6  # Adam lr of the value embeddings
     adam_scalar_lr: float = 0.04  # Adam lr of the gates and mixing scalars
     adam_bigram_lr: float = 0.6  # Adam lr of the bigram hash embedding
+    adam_smear_gate_lr: float = 8e-5  # Adam lr of the smear gate's weights (upstream: 0.01x the head's)
     adam_weight_decay: float = 0.005  # cautious weight decay, times lr² and ADAM_PARAMS' multiplier
     untie_frac: float = 2 / 3  # the embedding and LM head share weights until this fraction of training
     lr_warmup_steps: int = 0  # linear lr warm-up steps
@@ -1340,7 +1351,7 @@ class Hyperparameters:
         for flag in ("val_tokens", "val_seq_len", "slices_per_step", "num_iterations", "vocab_size", "num_layers",
                      "model_dim", "num_heads", "head_dim", "mlp_mult", "attn_gate_dim", "attn_scale", "rope_base",
                      "embed_std", "value_embed_std", "muon_lr", "adam_embed_lr", "adam_head_lr",
-                     "adam_value_embed_lr", "adam_scalar_lr", "adam_bigram_lr"):
+                     "adam_value_embed_lr", "adam_scalar_lr", "adam_bigram_lr", "adam_smear_gate_lr"):
             require(getattr(self, flag) > 0, flag, "must be positive")
         for flag in ("num_value_embeds", "muon_weight_decay", "adam_weight_decay", "lr_warmup_steps", "val_every",
                      "warmup_steps",
@@ -1610,6 +1621,8 @@ def build_optimizers(model: GPT, hp: Hyperparameters, rank: int, world_size: int
     scalars = [model.skip_gates] + [p for b in blocks for p in (b.residual_mix, b.attn.value_mix)]
     if model.bigram_embed is not None:
         scalars.append(model.bigram_lambdas)
+    if model.smear:
+        scalars.append(model.smear_lambda)
     # The embedding and the LM head communicate in step(), not from hooks: while tied, their gradients are
     # combined after backward (GPT.tie_gradients).
     adam_groups = [dict(params=[model.lm_head], lr=hp.adam_head_lr, overlap=False, label="lm_head"),
@@ -1619,6 +1632,8 @@ def build_optimizers(model: GPT, hp: Hyperparameters, rank: int, world_size: int
                    dict(params=scalars, lr=hp.adam_scalar_lr, label="scalars")]
     if model.bigram_embed is not None:
         adam_groups.append(dict(params=[model.bigram_embed.weight], lr=hp.adam_bigram_lr, label="bigram_embed"))
+    if model.smear:
+        adam_groups.append(dict(params=[model.smear_gate], lr=hp.adam_smear_gate_lr, label="smear_gate"))
     for group in adam_groups:
         betas, wd_mul = ADAM_PARAMS[group["label"]]
         group.update(initial_lr=group["lr"], betas=betas, weight_decay=hp.adam_weight_decay * wd_mul)

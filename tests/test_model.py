@@ -133,7 +133,12 @@ def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], rop
     inputs, targets = tokens[:-1], tokens[1:]
     p = {name: t.detach().double() for name, t in model.named_parameters()}
     L, num_ve = len(model.blocks), len(model.value_embeds)
-    x0 = rms_norm(p["embed.weight"][inputs])
+    e = p["embed.weight"][inputs]
+    if model.smear:  # token t gets λ·σ(w·e_t[:k]) of token t - 1's embedding
+        k = p["smear_gate"].shape[1]
+        gate = torch.sigmoid(e[1:, :k] @ p["smear_gate"][0])
+        e = torch.cat([e[:1], e[1:] + p["smear_lambda"] * gate[:, None] * e[:-1]])
+    x0 = rms_norm(e)
     x, outputs = x0, []
     for i, block in enumerate(model.blocks):
         if i >= L // 2:
@@ -151,14 +156,15 @@ def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], rop
     return F.cross_entropy(CAPPED[logit_cap](logits), targets)
 
 
-@pytest.mark.parametrize("logit_cap, bigram_buckets", [("tanh:15", 0), ("sigmoid:23,5,7.5", 0), ("tanh:15", 97)])
-def test_gpt_forward_matches_the_model_written_out(monkeypatch, logit_cap, bigram_buckets):
+@pytest.mark.parametrize("logit_cap, bigram_buckets, smear", [("tanh:15", 0, False), ("sigmoid:23,5,7.5", 0, False),
+                                                              ("tanh:15", 97, False), ("tanh:15", 0, True)])
+def test_gpt_forward_matches_the_model_written_out(monkeypatch, logit_cap, bigram_buckets, smear):
     """Every parameter moved off its init (so no wire hides behind a zero or a symmetry), then GPT.forward against
     gpt_reference_loss. The model's bf16 casts are made fp32 here, so the two agree to float rounding and a skip
     from the wrong block, a value embedding fed to the wrong block, a swapped mix or a dropped gate all show."""
     monkeypatch.setattr(torch.Tensor, "bfloat16", lambda t: t.float())
     model, hp = tiny_model(num_layers=4, window_pattern="SLSL", num_value_embeds=2, logit_cap=logit_cap,
-                           bigram_buckets=bigram_buckets)
+                           bigram_buckets=bigram_buckets, smear=smear)
     g = torch.Generator().manual_seed(7)
     with torch.no_grad():
         for name, param in model.named_parameters():

@@ -131,3 +131,14 @@ def test_the_bigram_embedding_is_trained_by_adam_with_its_own_lr_and_the_scalars
     assert groups["bigram_embed"]["betas"] == betas and groups["bigram_embed"]["weight_decay"] == hp.adam_weight_decay * wd_mul
     assert any(p is model.bigram_lambdas for p in groups["scalars"]["params"])
     assert model.bigram_embed.weight.shape == (101, hp.model_dim) and not model.bigram_embed.weight.any()
+
+
+def test_the_smear_gate_is_trained_by_adam_with_its_own_lr_and_the_scalars_take_its_lambda():
+    hp = tg.parse_args(["--preset=tiny", "--smear=true", "--adam_smear_gate_lr=0.002"])
+    model = tg.GPT(hp)
+    _, adam = tg.build_optimizers(model, hp, rank=0, world_size=1)
+    groups = {g["label"]: g for g in adam.param_groups}
+    assert groups["smear_gate"]["params"] == [model.smear_gate] and groups["smear_gate"]["lr"] == 0.002
+    assert groups["smear_gate"]["betas"] == tg.ADAM_PARAMS["smear_gate"][0]
+    assert any(p is model.smear_lambda for p in groups["scalars"]["params"])
+    assert not model.smear_lambda.any()  # off at init: the model starts as without smear
