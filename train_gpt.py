@@ -1354,8 +1354,7 @@ class Hyperparameters:
                      "adam_value_embed_lr", "adam_scalar_lr", "adam_bigram_lr", "adam_smear_gate_lr"):
             require(getattr(self, flag) > 0, flag, "must be positive")
         for flag in ("num_value_embeds", "muon_weight_decay", "adam_weight_decay", "lr_warmup_steps", "val_every",
-                     "warmup_steps",
-                     "save_every", "bench_steps"):
+                     "warmup_steps", "save_every", "bench_steps"):
             require(getattr(self, flag) >= 0, flag, "must not be negative")
         for flag in ("muon_momentum_start", "muon_momentum", "muon_beta2"):
             require(0 <= getattr(self, flag) < 1, flag, "must be in [0, 1)")
@@ -1375,16 +1374,17 @@ class Hyperparameters:
                 "must be 0 (none) or at least 2 (one row is reserved for the first position)")
         require(len(self.window_pattern) == self.num_layers and set(self.window_pattern) <= {"S", "L"},
                 "window_pattern", "needs one letter S or L per layer")
-        require(all(n.strip().isdigit() for n in self.seq_lens.split(",")), "seq_lens",
+        require(re.fullmatch(r"[0-9]+(,[0-9]+)*", self.seq_lens) is not None, "seq_lens",
                 "must be comma-separated whole numbers")
         require(all(n > 0 and n % 128 == 0 for n in self.seq_len_stages), "seq_lens",
                 "must be positive multiples of 128 (FlexAttention's block size)")
         require(self.val_seq_len % 128 == 0, "val_seq_len", "must be a multiple of 128 (FlexAttention's block size)")
         require(re.fullmatch(r"[1-9][0-9]*:[1-9][0-9]*(,[1-9][0-9]*:[1-9][0-9]*)*", self.window_blocks) is not None,
                 "window_blocks", "must be short:long pairs of positive block counts, comma-separated")
-        require(all(re.fullmatch(r"[0-9]*\.?[0-9]+", m.strip()) for m in self.lr_stage_muls.split(",")), "lr_stage_muls",
+        require(re.fullmatch(r"[0-9]*\.?[0-9]+(,[0-9]*\.?[0-9]+)*", self.lr_stage_muls) is not None
+                and all(0 < m < math.inf for m in self.lr_stage_mul_list), "lr_stage_muls",
                 "must be comma-separated positive numbers")
-        require(len(self.lr_stage_muls.split(",")) == len(self.seq_lens.split(",")), "lr_stage_muls",
+        require(len(self.lr_stage_mul_list) == len(self.seq_len_stages), "lr_stage_muls",
                 "needs one multiplier per --seq_lens stage")
         require(self.val_tokens % self.val_seq_len == 0, "val_tokens", "must be a multiple of --val_seq_len")
         require(bool(self.bench_steps) or not self.bench_trace, "bench_trace", "needs --bench_steps")
@@ -1392,6 +1392,15 @@ class Hyperparameters:
     @property
     def seq_len_stages(self) -> list[int]:
         return [int(n) for n in self.seq_lens.split(",")]
+
+    @property
+    def lr_stage_mul_list(self) -> list[float]:
+        return [float(m) for m in self.lr_stage_muls.split(",")]
+
+    @property
+    def window_stages(self) -> list[tuple[int, int]]:
+        """(short, long) window in 128-token blocks for each equal stage of training."""
+        return [tuple(int(b) for b in pair.split(":")) for pair in self.window_blocks.split(",")]
 
     @property
     def max_seq_len(self) -> int:
@@ -1553,7 +1562,7 @@ def lr_scale(step: int, hp: Hyperparameters) -> float:
     final_lr_frac over the cooldown."""
     if step < hp.lr_warmup_steps:
         return (step + 1) / hp.lr_warmup_steps
-    muls = [float(m) for m in hp.lr_stage_muls.split(",")]
+    muls = hp.lr_stage_mul_list
     stage_mul = muls[stage_at(step, hp, len(muls))]
     cooldown_start = 1 - hp.cooldown_frac
     progress = step / hp.num_iterations
@@ -1581,7 +1590,7 @@ def seq_len_at(step: int, hp: Hyperparameters) -> int:
 def windows_at(step: int, hp: Hyperparameters) -> dict[str, int]:
     """Sliding-window sizes in tokens for each equal stage of training (--window_blocks); validation after the end
     uses the last stage's."""
-    stages = [tuple(int(b) for b in pair.split(":")) for pair in hp.window_blocks.split(",")]
+    stages = hp.window_stages
     short, long = stages[stage_at(step, hp, len(stages))]
     return {"S": 128 * short, "L": 128 * long}
 
@@ -1982,6 +1991,9 @@ def train(hp: Hyperparameters, rank: int, world_size: int, device: torch.device,
     return val_loss
 
 
+RUN_ERRORS = (NonFiniteLoss, ValueError, OSError)  # bad input or a dead run: one error line, exit code 1
+
+
 def main(argv: list[str]) -> int:
     if "--help" in argv or "-h" in argv:
         print(flag_help())
@@ -2006,14 +2018,16 @@ def main(argv: list[str]) -> int:
         train(hp, rank, world_size, device, log)
         return 0
     except BaseException as e:  # the log ends with error: whatever stopped the run, so tools can tell it died
-        message = f"{type(e).__name__}: {e}" if not isinstance(e, (NonFiniteLoss, ValueError, OSError)) else str(e)
+        message = str(e) if isinstance(e, RUN_ERRORS) else f"{type(e).__name__}: {e}"
         try:
             log(f"error:{message}".replace("\n", " "))
         except OSError:
             pass  # the log itself cannot be written (a full disk): stderr still says why
         print(f"error: {message}", file=sys.stderr)
-        if isinstance(e, (NonFiniteLoss, ValueError, OSError, KeyboardInterrupt)):
-            return 130 if isinstance(e, KeyboardInterrupt) else 1
+        if isinstance(e, KeyboardInterrupt):
+            return 130
+        if isinstance(e, RUN_ERRORS):
+            return 1
         raise
     finally:
         if dist.is_initialized():

@@ -176,6 +176,8 @@ def test_help_lists_every_flag_with_its_default_and_comment(capsys):
     (["--num_iterations=3", "--num_iterations=4"], "--num_iterations is given twice"),
     (["--preset=tiny", "--preset=proxy"], "--preset is given twice"),
     (["--seq_lens=128,abc"], "--seq_lens=128,abc: must be comma-separated whole numbers"),
+    (["--lr_stage_muls=0,1,1"], "--lr_stage_muls=0,1,1: must be comma-separated positive numbers"),
+    (["--lr_stage_muls=1,1"], "--lr_stage_muls=1,1: needs one multiplier per --seq_lens stage"),
 ])
 def test_nonsensical_or_repeated_flags_are_refused(argv, message, capsys):
     assert tg.main(argv) == 2
