@@ -1058,7 +1058,7 @@ class GPT(nn.Module):
         e = self.embed(inputs).bfloat16()  # (T, D)
         if self.smear:  # each token's embedding takes a gated share of the previous token's
             gate = torch.sigmoid(F.linear(e[1:, :self.smear_gate.size(1)], self.smear_gate.type_as(e)))  # (T-1, 1)
-            e = torch.cat([e[:1], e[1:] + self.smear_lambda * gate * e[:-1]])
+            e = torch.cat([e[:1], e[1:] + self.smear_lambda.type_as(e) * gate * e[:-1]])  # λ (1,) promotes to fp32
         x = x0 = norm(e)[None]  # (1, T, D)
         ves = [ve(inputs).bfloat16()[None] for ve in self.value_embeds]
         if self.bigram_embed is not None:

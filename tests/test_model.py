@@ -178,6 +178,20 @@ def test_gpt_forward_matches_the_model_written_out(monkeypatch, logit_cap, bigra
     assert abs(loss.item() - reference.item()) < 1e-5 * reference.item(), (loss.item(), reference.item())
 
 
+def test_activations_stay_bf16_with_every_model_flag_on():
+    """An fp32 parameter of shape (1,) or more promotes a bf16 activation to fp32: the model then runs its matmuls
+    at the fp32 rate, and the fused MLP kernel, tiled for bf16, runs out of shared memory on a GPU."""
+    model, hp = tiny_model(logit_cap="sigmoid:23,5,7.5", bigram_buckets=97, smear=True)
+    with torch.no_grad():
+        model.smear_lambda.fill_(0.5)
+    seen = []
+    for module in [*model.blocks, *[block.mlp for block in model.blocks]]:
+        module.register_forward_pre_hook(lambda _, args: seen.append(args[0].dtype))
+    tokens = random_documents(257, seed=1)
+    model(tokens[:-1].int(), tokens[1:].long(), {"S": torch.tensor(128), "L": torch.tensor(256)})
+    assert seen == [torch.bfloat16] * 2 * hp.num_layers
+
+
 def tiny_model(**overrides):
     torch.manual_seed(0)
     hp = tg.parse_args(["--preset=tiny", *[f"--{k}={v}" for k, v in overrides.items()]])
@@ -281,7 +295,8 @@ def test_block_mask_from_document_blocks_equals_create_block_mask():
 def test_compiled_model_with_fused_mlp_matches_unfused_on_gpu():
     """--fused_mlp=true under torch.compile on CUDA (the custom op in the graph, its backward in the compiled
     backward) gives the loss and weight gradients of the unfused model, within bf16 noise."""
-    hp = tg.Hyperparameters(num_layers=2, window_pattern="SL", seq_lens="2048", num_value_embeds=1)
+    hp = tg.Hyperparameters(num_layers=2, window_pattern="SL", seq_lens="2048", lr_stage_muls="1.0",
+                            num_value_embeds=1)
     inputs = random_documents(2048, seed=3)[None].repeat(2, 1).flatten()[:2049].cuda()
     windows = tg.window_tensors(0, hp, inputs.device)
     results = []
