@@ -1300,11 +1300,11 @@ class Hyperparameters:
     num_value_embeds: int = 3  # value embeddings, each feeding one block of each half
     attn_scale: float = 0.12  # QK-norm bounds q·k by head_dim, so the usual 1/sqrt(head_dim) is too soft
     rope_base: float = 10000.0  # rotary embedding base
-    logit_cap: str = "tanh:15"  # tanh:C bounds logits as C·tanh(l/C), sigmoid:A,B,C as A·σ((l+B)/C)
+    logit_cap: str = "sigmoid:23,5,7.5"  # tanh:C bounds logits as C·tanh(l/C), sigmoid:A,B,C as A·σ((l+B)/C)
     embed_std: float = 0.005  # init std of the token embedding (and the tied LM head)
     value_embed_std: float = 0.01  # init std of the value embeddings
-    bigram_buckets: int = 0  # rows of a hashed token-pair embedding added to each block's input (0: none)
-    smear: bool = False  # each token's embedding takes a gated share of the previous token's
+    bigram_buckets: int = 377_280  # rows of a hashed token-pair embedding added to each block's input (0: none)
+    smear: bool = True  # each token's embedding takes a gated share of the previous token's
     window_pattern: str = "SSSLSSSLSSSL"  # per block: S short or L long sliding window
     window_blocks: str = "1:3,3:7,5:11"  # short:long sliding windows per equal stage of training, in 128-token blocks
     fused_mlp: bool = True  # relu² fused into the MLP's matmuls (Triton, CUDA only): -27 ms a step, -3.4 GiB on H100
@@ -1414,8 +1414,9 @@ PRESETS = {
     "proxy": dict(slices_per_step=1, seq_lens="65536", lr_stage_muls="1.0", num_iterations=500, val_every=100,
                   val_tokens=2_097_152, warmup_steps=3),
     "tiny": dict(num_layers=2, model_dim=64, num_heads=2, head_dim=32, attn_gate_dim=8, num_value_embeds=1,
-                 window_pattern="SL", window_blocks="1:1,1:2", seq_lens="128", lr_stage_muls="1.0", val_tokens=2048,
-                 val_seq_len=512, num_iterations=40, val_every=10, warmup_steps=1, momentum_warmup_frac=0.25),
+                 bigram_buckets=1021, window_pattern="SL", window_blocks="1:1,1:2", seq_lens="128", lr_stage_muls="1.0",
+                 val_tokens=2048, val_seq_len=512, num_iterations=40, val_every=10, warmup_steps=1,
+                 momentum_warmup_frac=0.25),
 }
 
 
