@@ -143,3 +143,12 @@ def test_the_smear_gate_is_trained_by_adam_with_its_own_lr_and_the_scalars_take_
     assert groups["smear_gate"]["betas"] == tg.ADAM_PARAMS["smear_gate"][0]
     assert any(p is model.smear_lambda for p in groups["scalars"]["params"])
     assert not model.smear_lambda.any()  # off at init: the model starts as without smear
+
+
+def test_adam_updates_are_compiled_on_a_gpu_with_compile_on(monkeypatch):
+    model, hp = tg.GPT(tg.parse_args(["--preset=tiny"])), tg.parse_args(["--preset=tiny"])
+    assert tg.build_optimizers(model, hp, rank=0, world_size=1)[1].update is tg.adam_update_  # CPU: eager
+    monkeypatch.setattr(tg, "on_gpu", lambda _: True)
+    assert tg.build_optimizers(model, hp, rank=0, world_size=1)[1].update is not tg.adam_update_
+    off = tg.parse_args(["--preset=tiny", "--compile=false"])
+    assert tg.build_optimizers(model, off, rank=0, world_size=1)[1].update is tg.adam_update_
