@@ -533,6 +533,99 @@ relu_sq_mlp_triton.register_autograd(_relu_sq_mlp_grads, setup_context=_relu_sq_
 def relu_sq_mlp(x: torch.Tensor, fc: torch.Tensor, proj: torch.Tensor, fused: bool) -> torch.Tensor:
     return relu_sq_mlp_triton(x, fc, proj)[0] if fused and on_gpu(x) else relu_sq_mlp_torch(x, fc, proj)
 
+def fp8_quantize(t: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """t / scale, divided in t's dtype, rounded to the FP8 dtype: t on the FP8 grid stretched by scale. The one
+    rounding that the FP8 matmul and its definition share."""
+    return (t / scale).to(dtype)
+
+
+def fp8_dequantize(t: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """t rounded as fp8_quantize rounds it, back in fp32 (exact: every FP8 value is an fp32 value) times scale."""
+    return fp8_quantize(t, scale, dtype).float() * scale
+
+
+def fp8_matmul_torch(x: torch.Tensor, w: torch.Tensor, x_scale: float, w_scale: float) -> torch.Tensor:
+    """x: (T, K), w: (K, N) -> x̂·ŵ: (T, N) in x's dtype, x̂ and ŵ being x and w rounded to float8_e4m3fn on the
+    grids of their scales; the product of the rounded values in fp32."""
+    e4m3 = torch.float8_e4m3fn
+    return (fp8_dequantize(x, x_scale, e4m3) @ fp8_dequantize(w, w_scale, e4m3)).to(x.dtype)
+
+
+def fp8_matmul_backward_torch(grad: torch.Tensor, x: torch.Tensor, w: torch.Tensor, x_scale: float, w_scale: float,
+                              grad_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradients fp8_matmul returns for grad = ∂L/∂(x·w): (T, N): with ĝ the gradient rounded to float8_e5m2 (two
+    more exponent bits than e4m3 for its wider range) on the grid of grad_scale, (ĝ·ŵᵀ: (T, K) in x's dtype,
+    x̂ᵀ·ĝ: (K, N) in w's dtype), products of the rounded values in fp32."""
+    e4m3, e5m2 = torch.float8_e4m3fn, torch.float8_e5m2
+    g = fp8_dequantize(grad, grad_scale, e5m2)
+    return ((g @ fp8_dequantize(w, w_scale, e4m3).T).to(x.dtype),
+            (fp8_dequantize(x, x_scale, e4m3).T @ g).to(w.dtype))
+
+
+def _fp32_scalar(value: float, like: torch.Tensor) -> torch.Tensor:
+    return like.new_full((), value, dtype=torch.float32)  # a fill on the device: no copy from the host
+
+
+@torch.library.custom_op("train_gpt::fp8_matmul", mutates_args=())
+def fp8_matmul_scaled_mm(x: torch.Tensor, w: torch.Tensor, x_scale: float, w_scale: float,
+                         grad_scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """fp8_matmul_torch on FP8 tensor cores (torch._scaled_mm; CUDA needs compute capability >= 8.9 and every
+    dimension a multiple of 16) -> (x̂·ŵ: (T, N) in x's dtype; x̂: (T, K) and ŵ: (K, N) in float8_e4m3fn, kept for
+    the backward). _scaled_mm takes its first operand row-major, its second column-major, and multiplies the
+    product by both scales. Fast accumulation (fewer bits, no periodic promotion to fp32) over the short K, as
+    upstream's forward does; grad_scale is only for the backward."""
+    e4m3 = torch.float8_e4m3fn
+    x8, w8 = fp8_quantize(x, x_scale, e4m3).contiguous(), fp8_quantize(w, w_scale, e4m3).contiguous()
+    out = torch._scaled_mm(x8, w8.T.contiguous().T, scale_a=_fp32_scalar(x_scale, x),
+                           scale_b=_fp32_scalar(w_scale, x), out_dtype=x.dtype, use_fast_accum=True)
+    return out, x8, w8
+
+
+@fp8_matmul_scaled_mm.register_fake
+def _(x, w, x_scale, w_scale, grad_scale):
+    e4m3 = torch.float8_e4m3fn
+    return x.new_empty(x.shape[0], w.shape[1]), x.new_empty(x.shape, dtype=e4m3), w.new_empty(w.shape, dtype=e4m3)
+
+
+@torch.library.custom_op("train_gpt::fp8_matmul_backward", mutates_args=())
+def fp8_matmul_backward(grad: torch.Tensor, x8: torch.Tensor, w8: torch.Tensor, x_scale: float, w_scale: float,
+                        grad_scale: float, x_dtype: torch.dtype,
+                        w_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp8_matmul_backward_torch from the saved x̂, ŵ -> (dx: (T, K) in x_dtype, dw: (K, N) in w_dtype). The
+    gradient is quantized once, row-major for dx = ĝ·ŵᵀ and copied column-major for dw = x̂ᵀ·ĝ, both of which sum
+    over a long K (N, T), so with exact fp32 accumulation."""
+    g8 = fp8_quantize(grad, grad_scale, torch.float8_e5m2).contiguous()  # (T, N)
+    g_scale = _fp32_scalar(grad_scale, grad)
+    dx = torch._scaled_mm(g8, w8.T, scale_a=g_scale, scale_b=_fp32_scalar(w_scale, grad), out_dtype=x_dtype,
+                          use_fast_accum=False)
+    dw = torch._scaled_mm(x8.T.contiguous(), g8.T.contiguous().T, scale_a=_fp32_scalar(x_scale, grad),
+                          scale_b=g_scale, out_dtype=w_dtype, use_fast_accum=False)
+    return dx, dw
+
+
+@fp8_matmul_backward.register_fake
+def _(grad, x8, w8, x_scale, w_scale, grad_scale, x_dtype, w_dtype):
+    return grad.new_empty(x8.shape, dtype=x_dtype), grad.new_empty(w8.shape, dtype=w_dtype)
+
+
+def _fp8_matmul_save(ctx, inputs, output):
+    x, w, *ctx.scales = inputs  # x_scale, w_scale, grad_scale
+    ctx.dtypes = x.dtype, w.dtype
+    ctx.save_for_backward(output[1], output[2])
+
+
+def _fp8_matmul_grads(ctx, grad, _grad_x8, _grad_w8):  # x̂ and ŵ are returned only to be saved
+    dx, dw = fp8_matmul_backward(grad, *ctx.saved_tensors, *ctx.scales, *ctx.dtypes)
+    return dx, dw, None, None, None
+
+
+fp8_matmul_scaled_mm.register_autograd(_fp8_matmul_grads, setup_context=_fp8_matmul_save)
+
+
+def fp8_matmul(x: torch.Tensor, w: torch.Tensor, x_scale: float, w_scale: float, grad_scale: float) -> torch.Tensor:
+    """x: (T, K), w: (K, N) -> x·w: (T, N) in x's dtype from FP8 inputs, with an FP8 gradient in the backward."""
+    return fp8_matmul_scaled_mm(x, w, x_scale, w_scale, grad_scale)[0]
+
 
 # ----- Optimizers -----
 
@@ -1016,6 +1109,19 @@ class Block(nn.Module):
         x = self.residual_mix[0] * x + self.residual_mix[1] * x0
         x = x + self.attn(norm(x), value_embed, mask)
         return x + self.mlp(norm(x))
+
+
+# Fixed scales of the FP8 LM head, upstream's since its record of 2025-12-19 ("retune fp8 scales"; the first FP8 head,
+# 2025-01-13, had 1/2, 1/32 and 2^-29): a tensor is divided by its scale before the cast to FP8, so the scale maps
+# the largest value expected onto 448, the top of float8_e4m3fn. The head's input is rms-normed, so no entry
+# exceeds sqrt(768) ≈ 28: 100 leaves room. Head weights start at N(0, 0.005) and stay well under 1.6.
+FP8_HEAD_X_SCALE = 100 / 448
+FP8_HEAD_W_SCALE = 1.6 / 448
+# The logits' gradient of one token's loss is at most scale / width of the logit cap (11.5 / 15 ≈ 0.77), which
+# upstream maps to 448 in float8_e5m2 (whose top is 57344: 2^7 of headroom, and 2^22 down to its smallest normal).
+# Upstream sums the loss over tokens; ours is the mean over a micro-step's T tokens, divided by the micro-steps,
+# so GPT divides this per-token scale by both, as upstream divides its own by the accumulation steps.
+FP8_HEAD_GRAD_SCALE = 0.75 / 448
 
 
 class GPT(nn.Module):
