@@ -533,6 +533,7 @@ relu_sq_mlp_triton.register_autograd(_relu_sq_mlp_grads, setup_context=_relu_sq_
 def relu_sq_mlp(x: torch.Tensor, fc: torch.Tensor, proj: torch.Tensor, fused: bool) -> torch.Tensor:
     return relu_sq_mlp_triton(x, fc, proj)[0] if fused and on_gpu(x) else relu_sq_mlp_torch(x, fc, proj)
 
+
 def fp8_quantize(t: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
     """t / scale, divided in t's dtype, rounded to the FP8 dtype: t on the FP8 grid stretched by scale. The one
     rounding that the FP8 matmul and its definition share."""
@@ -1126,9 +1127,10 @@ FP8_HEAD_GRAD_SCALE = 0.75 / 448
 
 class GPT(nn.Module):
     """U-net GPT: the first half of the blocks feed sigmoid-gated skips into the mirrored second half. The LM head
-    is stored (D, V), the transpose of the (V, D) embedding; while `tied`, the two hold the same weights."""
+    is stored (D, V), the transpose of the (V, D) embedding; while `tied`, the two hold the same weights.
+    micro_steps: gradient-accumulation steps per optimizer step, which scale the gradient the FP8 head quantizes."""
 
-    def __init__(self, hp: "Hyperparameters"):
+    def __init__(self, hp: "Hyperparameters", micro_steps: int = 1):
         super().__init__()
         V, D, L = hp.vocab_size, hp.model_dim, hp.num_layers
         self.window_pattern, self.logit_cap = hp.window_pattern, LogitCap.parse(hp.logit_cap)
@@ -1157,6 +1159,7 @@ class GPT(nn.Module):
             self.bigram_lambdas = nn.Parameter(torch.full((L,), 0.1))
         self.lm_head = nn.Parameter(self.embed.weight.data.T.contiguous())  # (D, V)
         self.tied = True
+        self.fp8_head, self.micro_steps = hp.fp8_head, micro_steps
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor, windows: dict) -> torch.Tensor:
         """inputs: (T,) int32, targets: (T,) int64, windows: kind ('S'/'L') -> window_tensor. Returns mean loss."""
@@ -1179,7 +1182,12 @@ class GPT(nn.Module):
             x = block(x, x0, ves[j] if j is not None else None, masks[self.window_pattern[i]])
             if i < half:
                 skips.append(x)
-        logits = norm(x[0]) @ self.lm_head.bfloat16()  # (T, V)
+        x = norm(x[0])  # (T, D)
+        if self.fp8_head and torch.is_grad_enabled():  # under no_grad, validation, the bf16 head: exact logits
+            grad_scale = FP8_HEAD_GRAD_SCALE / (x.size(0) * self.micro_steps)
+            logits = fp8_matmul(x, self.lm_head, FP8_HEAD_X_SCALE, FP8_HEAD_W_SCALE, grad_scale)
+        else:
+            logits = x @ self.lm_head.bfloat16()  # (T, V)
         return softcap_cross_entropy(logits, targets, self.logit_cap)
 
     def tie_gradients(self) -> None:
@@ -1414,6 +1422,7 @@ class Hyperparameters:
     window_pattern: str = "SSSLSSSLSSSL"  # per block: S short or L long sliding window
     window_blocks: str = "1:3,3:7,5:11"  # short:long sliding windows per equal stage of training, in 128-token blocks
     fused_mlp: bool = True  # relu² fused into the MLP's matmuls (Triton, CUDA only): -27 ms a step, -3.4 GiB on H100
+    fp8_head: bool = False  # LM head in FP8 while training (CUDA, capability >= 8.9): e4m3 inputs, e5m2 gradient
     # optimization
     muon_lr: float = 0.023  # NorMuon lr of the matrices (times MATRIX_PARAMS' lr_mul)
     muon_momentum_start: float = 0.85  # NorMuon momentum at step 0 ...
@@ -1474,6 +1483,8 @@ class Hyperparameters:
             raise ValueError(f"--logit_cap={self.logit_cap}: {e}") from None
         require(self.model_dim % 8 == 0 or not self.fused_mlp, "model_dim",
                 "must be a multiple of 8 with --fused_mlp: its kernel copies tiles by TMA, which needs 16-byte rows")
+        require(not self.fp8_head or (self.model_dim % 16 == 0 and self.vocab_size % 16 == 0), "fp8_head",
+                "needs --model_dim and --vocab_size multiples of 16, as torch._scaled_mm's FP8 matmuls do")
         require(self.num_layers % 2 == 0, "num_layers", "must be even (U-net skips pair the halves)")
         require(self.attn_gate_dim <= self.model_dim, "attn_gate_dim", "must not exceed --model_dim")
         require(self.bigram_buckets == 0 or self.bigram_buckets >= 2, "bigram_buckets",
@@ -1579,6 +1590,17 @@ def check_world_size(hp: Hyperparameters, world_size: int) -> None:
     if val_seqs % world_size:
         raise ValueError(f"world size {world_size} does not fit: --val_tokens={hp.val_tokens} / "
                          f"--val_seq_len={hp.val_seq_len} = {val_seqs} sequences, which must split evenly over the ranks")
+
+
+def check_device(hp: Hyperparameters, device: torch.device) -> None:
+    """The device enters here, once: --fp8_head needs FP8 tensor cores (Ada, Hopper or later)."""
+    if not hp.fp8_head:
+        return
+    capability = torch.cuda.get_device_capability(device) if on_gpu(device) else None
+    if capability is None or capability < (8, 9):
+        found = "a CPU" if capability is None else f"compute capability {capability[0]}.{capability[1]}"
+        raise ValueError(f"--fp8_head=True needs a CUDA GPU of compute capability 8.9 or newer (FP8 tensor cores); "
+                         f"this run's device has {found}")
 
 
 # ----- Logging -----
@@ -2023,7 +2045,7 @@ def check_loss(loss: torch.Tensor, step: int) -> float:
 
 def train(hp: Hyperparameters, rank: int, world_size: int, device: torch.device, log: Logger) -> float:
     torch.manual_seed(hp.seed)
-    model = GPT(hp).to(device)
+    model = GPT(hp, micro_steps=hp.slices_per_step // world_size).to(device)
     use_compile_cache(hp.compile_cache)
     forward = torch.compile(model, dynamic=False) if on_gpu(device) and hp.compile else model
     optimizers = build_optimizers(model, hp, rank, world_size)
@@ -2122,6 +2144,7 @@ def main(argv: list[str]) -> int:
         log_source(log)
         log_environment(log, hp, world_size, device)
         check_world_size(hp, world_size)
+        check_device(hp, device)
         train(hp, rank, world_size, device, log)
         return 0
     except BaseException as e:  # the log ends with error: whatever stopped the run, so tools can tell it died
