@@ -534,15 +534,57 @@ def relu_sq_mlp(x: torch.Tensor, fc: torch.Tensor, proj: torch.Tensor, fused: bo
     return relu_sq_mlp_triton(x, fc, proj)[0] if fused and on_gpu(x) else relu_sq_mlp_torch(x, fc, proj)
 
 
-def fp8_quantize(t: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
-    """t / scale, divided in t's dtype, rounded to the FP8 dtype: t on the FP8 grid stretched by scale. The one
-    rounding that the FP8 matmul and its definition share."""
-    return (t / scale).to(dtype)
+def fp8_quantize_torch(t: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """t / scale, divided in fp32, rounded to the FP8 dtype (to nearest, ties to even): t on the FP8 grid stretched
+    by scale. A scale maps the largest value expected onto the top of the format; beyond it torch and the kernel
+    differ (infinity or NaN here, the largest finite value there)."""
+    return (t.float() / scale).to(dtype)
 
 
 def fp8_dequantize(t: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
-    """t rounded as fp8_quantize rounds it, back in fp32 (exact: every FP8 value is an fp32 value) times scale."""
-    return fp8_quantize(t, scale, dtype).float() * scale
+    """t rounded as fp8_quantize_torch rounds it, back in fp32 (exact: every FP8 value is an fp32 value) times scale."""
+    return fp8_quantize_torch(t, scale, dtype).float() * scale
+
+
+@triton.jit
+def _fp8_quantize_kernel(X, Y, YT, m, n, stride_xr, stride_xc, scale, TRANSPOSE: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """X: (m, n), any float dtype -> Y: (m, n) = X / scale in Y's FP8 dtype (an exactly rounded fp32 division, then
+    to nearest even, saturating on the GPU), and if TRANSPOSE, YT: (n, m) = Yᵀ from the same tile: one read of X
+    for both layouts that torch._scaled_mm asks for. Y and YT contiguous; int64 offsets, as T·V passes 2^31."""
+    pid = tl.program_id(0)
+    blocks_n = tl.cdiv(n, BLOCK_N)
+    rows = ((pid // blocks_n) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    cols = ((pid % blocks_n) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    x = tl.load(X + rows[:, None] * stride_xr + cols[None, :] * stride_xc,
+                mask=(rows[:, None] < m) & (cols[None, :] < n), other=0.0)
+    y = tl.math.div_rn(x.to(tl.float32), scale).to(Y.dtype.element_ty)
+    tl.store(Y + rows[:, None] * n + cols[None, :], y, mask=(rows[:, None] < m) & (cols[None, :] < n))
+    if TRANSPOSE:
+        tl.store(YT + cols[:, None] * m + rows[None, :], tl.trans(y), mask=(cols[:, None] < n) & (rows[None, :] < m))
+
+
+def fp8_quantize_triton(t: torch.Tensor, scale: float, dtype: torch.dtype, transpose: bool,
+                        block: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """fp8_quantize_torch of t: (m, n) in one pass -> (the (m, n) result, and if transpose its (n, m) transpose),
+    both contiguous."""
+    m, n = t.shape
+    y = t.new_empty((m, n), dtype=dtype)
+    yt = t.new_empty((n, m), dtype=dtype) if transpose else None
+    block = block or 128  # 128-byte rows of FP8 in both layouts; not tuned on a GPU yet
+    grid = (triton.cdiv(m, block) * triton.cdiv(n, block),)
+    if grid[0]:
+        _fp8_quantize_kernel[grid](t, y, y if yt is None else yt, m, n, *t.stride(), scale, TRANSPOSE=transpose,
+                                   BLOCK_M=block, BLOCK_N=block, num_warps=8)
+    return y, yt
+
+
+def fp8_quantize(t: torch.Tensor, scale: float, dtype: torch.dtype,
+                 transpose: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if on_gpu(t):
+        return fp8_quantize_triton(t, scale, dtype, transpose)
+    q = fp8_quantize_torch(t, scale, dtype)
+    return q, q.T.contiguous() if transpose else None
 
 
 def fp8_matmul_torch(x: torch.Tensor, w: torch.Tensor, x_scale: float, w_scale: float) -> torch.Tensor:
@@ -571,42 +613,44 @@ def _fp32_scalar(value: float, like: torch.Tensor) -> torch.Tensor:
 def fp8_matmul_scaled_mm(x: torch.Tensor, w: torch.Tensor, x_scale: float, w_scale: float,
                          grad_scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """fp8_matmul_torch on FP8 tensor cores (torch._scaled_mm; CUDA needs compute capability >= 8.9 and every
-    dimension a multiple of 16) -> (x̂·ŵ: (T, N) in x's dtype; x̂: (T, K) and ŵ: (K, N) in float8_e4m3fn, kept for
+    dimension a multiple of 16) -> (x̂·ŵ: (T, N) in x's dtype; x̂ᵀ: (K, T) and ŵ: (K, N) in float8_e4m3fn, kept for
     the backward). _scaled_mm takes its first operand row-major, its second column-major, and multiplies the
     product by both scales. Fast accumulation (fewer bits, no periodic promotion to fp32) over the short K, as
     upstream's forward does; grad_scale is only for the backward."""
     e4m3 = torch.float8_e4m3fn
-    x8, w8 = fp8_quantize(x, x_scale, e4m3).contiguous(), fp8_quantize(w, w_scale, e4m3).contiguous()
-    out = torch._scaled_mm(x8, w8.T.contiguous().T, scale_a=_fp32_scalar(x_scale, x),
-                           scale_b=_fp32_scalar(w_scale, x), out_dtype=x.dtype, use_fast_accum=True)
-    return out, x8, w8
+    x8, x8t = fp8_quantize(x, x_scale, e4m3, transpose=True)  # (T, K) here, (K, T) for dw = x̂ᵀ·ĝ
+    w8, w8t = fp8_quantize(w, w_scale, e4m3, transpose=True)  # (K, N) for dx = ĝ·ŵᵀ, (N, K): ŵ column-major here
+    out = torch._scaled_mm(x8, w8t.T, scale_a=_fp32_scalar(x_scale, x), scale_b=_fp32_scalar(w_scale, x),
+                           out_dtype=x.dtype, use_fast_accum=True)
+    return out, x8t, w8
 
 
 @fp8_matmul_scaled_mm.register_fake
 def _(x, w, x_scale, w_scale, grad_scale):
     e4m3 = torch.float8_e4m3fn
-    return x.new_empty(x.shape[0], w.shape[1]), x.new_empty(x.shape, dtype=e4m3), w.new_empty(w.shape, dtype=e4m3)
+    return (x.new_empty(x.shape[0], w.shape[1]), x.new_empty(x.shape[1], x.shape[0], dtype=e4m3),
+            w.new_empty(w.shape, dtype=e4m3))
 
 
 @torch.library.custom_op("train_gpt::fp8_matmul_backward", mutates_args=())
-def fp8_matmul_backward(grad: torch.Tensor, x8: torch.Tensor, w8: torch.Tensor, x_scale: float, w_scale: float,
+def fp8_matmul_backward(grad: torch.Tensor, x8t: torch.Tensor, w8: torch.Tensor, x_scale: float, w_scale: float,
                         grad_scale: float, x_dtype: torch.dtype,
                         w_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp8_matmul_backward_torch from the saved x̂, ŵ -> (dx: (T, K) in x_dtype, dw: (K, N) in w_dtype). The
-    gradient is quantized once, row-major for dx = ĝ·ŵᵀ and copied column-major for dw = x̂ᵀ·ĝ, both of which sum
-    over a long K (N, T), so with exact fp32 accumulation."""
-    g8 = fp8_quantize(grad, grad_scale, torch.float8_e5m2).contiguous()  # (T, N)
+    """fp8_matmul_backward_torch from the saved x̂ᵀ, ŵ -> (dx: (T, K) in x_dtype, dw: (K, N) in w_dtype). The
+    gradient is quantized in one pass into both layouts, row-major for dx = ĝ·ŵᵀ and column-major for dw = x̂ᵀ·ĝ;
+    both sum over a long K (N, T), so with exact fp32 accumulation."""
+    g8, g8t = fp8_quantize(grad, grad_scale, torch.float8_e5m2, transpose=True)  # (T, N), (N, T)
     g_scale = _fp32_scalar(grad_scale, grad)
     dx = torch._scaled_mm(g8, w8.T, scale_a=g_scale, scale_b=_fp32_scalar(w_scale, grad), out_dtype=x_dtype,
                           use_fast_accum=False)
-    dw = torch._scaled_mm(x8.T.contiguous(), g8.T.contiguous().T, scale_a=_fp32_scalar(x_scale, grad),
-                          scale_b=g_scale, out_dtype=w_dtype, use_fast_accum=False)
+    dw = torch._scaled_mm(x8t, g8t.T, scale_a=_fp32_scalar(x_scale, grad), scale_b=g_scale, out_dtype=w_dtype,
+                          use_fast_accum=False)
     return dx, dw
 
 
 @fp8_matmul_backward.register_fake
-def _(grad, x8, w8, x_scale, w_scale, grad_scale, x_dtype, w_dtype):
-    return grad.new_empty(x8.shape, dtype=x_dtype), grad.new_empty(w8.shape, dtype=w_dtype)
+def _(grad, x8t, w8, x_scale, w_scale, grad_scale, x_dtype, w_dtype):
+    return grad.new_empty(x8t.shape[1], x8t.shape[0], dtype=x_dtype), grad.new_empty(w8.shape, dtype=w_dtype)
 
 
 def _fp8_matmul_save(ctx, inputs, output):
@@ -615,7 +659,7 @@ def _fp8_matmul_save(ctx, inputs, output):
     ctx.save_for_backward(output[1], output[2])
 
 
-def _fp8_matmul_grads(ctx, grad, _grad_x8, _grad_w8):  # x̂ and ŵ are returned only to be saved
+def _fp8_matmul_grads(ctx, grad, _grad_x8t, _grad_w8):  # x̂ᵀ and ŵ are returned only to be saved
     dx, dw = fp8_matmul_backward(grad, *ctx.saved_tensors, *ctx.scales, *ctx.dtypes)
     return dx, dw, None, None, None
 

@@ -384,3 +384,30 @@ def test_fp8_matmul_matches_its_definition_on_gpu():
     """At the record's head shape on FP8 tensor cores; the forward accumulates with fewer bits (fast accumulation)
     and every output is bf16, hence 1e-2, still well under the ~4% the FP8 rounding itself costs."""
     check_fp8_matmul(*head_inputs(4096, 768, 50304, torch.bfloat16, device="cuda"), tol=1e-2)
+
+
+@pytest.mark.parametrize("src, scale", [(torch.float32, 0.37), (torch.bfloat16, 0.25)])
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_fp8_quantize_kernel_matches_torch_on_the_fp8_grid(src, scale, dtype):
+    """Triton's interpreter rounds to FP8 only approximately, so here the values already lie on the grid (times the
+    scale; a power of two for bf16, which holds them exactly): the kernel's indexing of a strided source, ragged
+    edges, division by the scale and transposed copy. The rounding itself is checked on the GPU."""
+    on_grid = (torch.randn(150, 70).to(dtype).float() * scale).to(src).T  # (70, 150), column-major
+    y, yt = T.fp8_quantize_triton(on_grid, scale, dtype, transpose=True, block=32)
+    want = T.fp8_quantize_torch(on_grid, scale, dtype)
+    assert y.dtype == yt.dtype == dtype and y.is_contiguous() and yt.is_contiguous()
+    assert torch.equal(y.view(torch.uint8), want.view(torch.uint8))
+    assert torch.equal(yt.view(torch.uint8), want.T.contiguous().view(torch.uint8))
+    assert T.fp8_quantize_triton(on_grid, scale, dtype, transpose=False, block=32)[1] is None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, scale", [(torch.float8_e4m3fn, T.FP8_HEAD_X_SCALE), (torch.float8_e5m2, 0.01)])
+def test_fp8_quantize_matches_torch_on_gpu(dtype, scale):
+    """The logits' gradient at the record's micro-step shape (T·V = 2.5e9 elements: offsets past int32), bit for
+    bit: both divide exactly rounded and round to nearest even; no value reaches the top of the format, where the
+    two differ."""
+    t = torch.randn(49152, 50304, device="cuda", dtype=torch.bfloat16)
+    y, yt = T.fp8_quantize(t, scale, dtype, transpose=True)
+    want = T.fp8_quantize_torch(t, scale, dtype).view(torch.uint8)
+    assert torch.equal(y.view(torch.uint8), want) and torch.equal(yt.view(torch.uint8), want.T)
