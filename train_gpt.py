@@ -534,6 +534,144 @@ def relu_sq_mlp(x: torch.Tensor, fc: torch.Tensor, proj: torch.Tensor, fused: bo
     return relu_sq_mlp_triton(x, fc, proj)[0] if fused and on_gpu(x) else relu_sq_mlp_torch(x, fc, proj)
 
 
+def fp8_quantize_torch(t: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """t / scale, divided in fp32, rounded to the FP8 dtype (to nearest, ties to even): t on the FP8 grid stretched
+    by scale. A scale maps the largest value expected onto the top of the format; beyond it torch and the kernel
+    differ (infinity or NaN here, the largest finite value there)."""
+    return (t.float() / scale).to(dtype)
+
+
+def fp8_dequantize(t: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """t rounded as fp8_quantize_torch rounds it, back in fp32 (exact: every FP8 value is an fp32 value) times scale."""
+    return fp8_quantize_torch(t, scale, dtype).float() * scale
+
+
+@triton.jit
+def _fp8_quantize_kernel(X, Y, YT, m, n, stride_xr, stride_xc, scale, TRANSPOSE: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """X: (m, n), any float dtype -> Y: (m, n) = X / scale in Y's FP8 dtype (an exactly rounded fp32 division, then
+    to nearest even, saturating on the GPU), and if TRANSPOSE, YT: (n, m) = Yᵀ from the same tile: one read of X
+    for both layouts that torch._scaled_mm asks for. Y and YT contiguous; int64 offsets, as T·V passes 2^31."""
+    pid = tl.program_id(0)
+    blocks_n = tl.cdiv(n, BLOCK_N)
+    rows = ((pid // blocks_n) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    cols = ((pid % blocks_n) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    x = tl.load(X + rows[:, None] * stride_xr + cols[None, :] * stride_xc,
+                mask=(rows[:, None] < m) & (cols[None, :] < n), other=0.0)
+    y = tl.math.div_rn(x.to(tl.float32), scale).to(Y.dtype.element_ty)
+    tl.store(Y + rows[:, None] * n + cols[None, :], y, mask=(rows[:, None] < m) & (cols[None, :] < n))
+    if TRANSPOSE:
+        tl.store(YT + cols[:, None] * m + rows[None, :], tl.trans(y), mask=(cols[:, None] < n) & (rows[None, :] < m))
+
+
+def fp8_quantize_triton(t: torch.Tensor, scale: float, dtype: torch.dtype, transpose: bool,
+                        block: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """fp8_quantize_torch of t: (m, n) in one pass -> (the (m, n) result, and if transpose its (n, m) transpose),
+    both contiguous."""
+    m, n = t.shape
+    y = t.new_empty((m, n), dtype=dtype)
+    yt = t.new_empty((n, m), dtype=dtype) if transpose else None
+    block = block or 128  # 128-byte rows of FP8 in both layouts; not tuned on a GPU yet
+    grid = (triton.cdiv(m, block) * triton.cdiv(n, block),)
+    if grid[0]:
+        _fp8_quantize_kernel[grid](t, y, y if yt is None else yt, m, n, *t.stride(), scale, TRANSPOSE=transpose,
+                                   BLOCK_M=block, BLOCK_N=block, num_warps=8)
+    return y, yt
+
+
+def fp8_quantize(t: torch.Tensor, scale: float, dtype: torch.dtype,
+                 transpose: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if on_gpu(t):
+        return fp8_quantize_triton(t, scale, dtype, transpose)
+    q = fp8_quantize_torch(t, scale, dtype)
+    return q, q.T.contiguous() if transpose else None
+
+
+def fp8_matmul_torch(x: torch.Tensor, w: torch.Tensor, x_scale: float, w_scale: float) -> torch.Tensor:
+    """x: (T, K), w: (K, N) -> x̂·ŵ: (T, N) in x's dtype, x̂ and ŵ being x and w rounded to float8_e4m3fn on the
+    grids of their scales; the product of the rounded values in fp32."""
+    e4m3 = torch.float8_e4m3fn
+    return (fp8_dequantize(x, x_scale, e4m3) @ fp8_dequantize(w, w_scale, e4m3)).to(x.dtype)
+
+
+def fp8_matmul_backward_torch(grad: torch.Tensor, x: torch.Tensor, w: torch.Tensor, x_scale: float, w_scale: float,
+                              grad_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradients fp8_matmul returns for grad = ∂L/∂(x·w): (T, N): with ĝ the gradient rounded to float8_e5m2 (two
+    more exponent bits than e4m3 for its wider range) on the grid of grad_scale, (ĝ·ŵᵀ: (T, K) in x's dtype,
+    x̂ᵀ·ĝ: (K, N) in w's dtype), products of the rounded values in fp32."""
+    e4m3, e5m2 = torch.float8_e4m3fn, torch.float8_e5m2
+    g = fp8_dequantize(grad, grad_scale, e5m2)
+    return ((g @ fp8_dequantize(w, w_scale, e4m3).T).to(x.dtype),
+            (fp8_dequantize(x, x_scale, e4m3).T @ g).to(w.dtype))
+
+
+def _fp32_scalar(value: float, like: torch.Tensor) -> torch.Tensor:
+    return like.new_full((), value, dtype=torch.float32)  # a fill on the device: no copy from the host
+
+
+@torch.library.custom_op("train_gpt::fp8_matmul", mutates_args=())
+def fp8_matmul_scaled_mm(x: torch.Tensor, w: torch.Tensor, x_scale: float, w_scale: float,
+                         grad_scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """fp8_matmul_torch on FP8 tensor cores (torch._scaled_mm; CUDA needs compute capability >= 8.9 and every
+    dimension a multiple of 16) -> (x̂·ŵ: (T, N) in x's dtype; x̂ᵀ: (K, T) and ŵ: (K, N) in float8_e4m3fn, kept for
+    the backward). _scaled_mm takes its first operand row-major, its second column-major, and multiplies the
+    product by both scales. Fast accumulation (fewer bits, no periodic promotion to fp32) over the short K, as
+    upstream's forward does; grad_scale is only for the backward."""
+    e4m3 = torch.float8_e4m3fn
+    x8, x8t = fp8_quantize(x, x_scale, e4m3, transpose=True)  # (T, K) here, (K, T) for dw = x̂ᵀ·ĝ
+    w8, w8t = fp8_quantize(w, w_scale, e4m3, transpose=True)  # (K, N) for dx = ĝ·ŵᵀ, (N, K): ŵ column-major here
+    out = torch._scaled_mm(x8, w8t.T, scale_a=_fp32_scalar(x_scale, x), scale_b=_fp32_scalar(w_scale, x),
+                           out_dtype=x.dtype, use_fast_accum=True)
+    return out, x8t, w8
+
+
+@fp8_matmul_scaled_mm.register_fake
+def _(x, w, x_scale, w_scale, grad_scale):
+    e4m3 = torch.float8_e4m3fn
+    return (x.new_empty(x.shape[0], w.shape[1]), x.new_empty(x.shape[1], x.shape[0], dtype=e4m3),
+            w.new_empty(w.shape, dtype=e4m3))
+
+
+@torch.library.custom_op("train_gpt::fp8_matmul_backward", mutates_args=())
+def fp8_matmul_backward(grad: torch.Tensor, x8t: torch.Tensor, w8: torch.Tensor, x_scale: float, w_scale: float,
+                        grad_scale: float, x_dtype: torch.dtype,
+                        w_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp8_matmul_backward_torch from the saved x̂ᵀ, ŵ -> (dx: (T, K) in x_dtype, dw: (K, N) in w_dtype). The
+    gradient is quantized in one pass into both layouts, row-major for dx = ĝ·ŵᵀ and column-major for dw = x̂ᵀ·ĝ;
+    both sum over a long K (N, T), so with exact fp32 accumulation."""
+    g8, g8t = fp8_quantize(grad, grad_scale, torch.float8_e5m2, transpose=True)  # (T, N), (N, T)
+    g_scale = _fp32_scalar(grad_scale, grad)
+    dx = torch._scaled_mm(g8, w8.T, scale_a=g_scale, scale_b=_fp32_scalar(w_scale, grad), out_dtype=x_dtype,
+                          use_fast_accum=False)
+    dw = torch._scaled_mm(x8t, g8t.T, scale_a=_fp32_scalar(x_scale, grad), scale_b=g_scale, out_dtype=w_dtype,
+                          use_fast_accum=False)
+    return dx, dw
+
+
+@fp8_matmul_backward.register_fake
+def _(grad, x8t, w8, x_scale, w_scale, grad_scale, x_dtype, w_dtype):
+    return grad.new_empty(x8t.shape[1], x8t.shape[0], dtype=x_dtype), grad.new_empty(w8.shape, dtype=w_dtype)
+
+
+def _fp8_matmul_save(ctx, inputs, output):
+    x, w, *ctx.scales = inputs  # x_scale, w_scale, grad_scale
+    ctx.dtypes = x.dtype, w.dtype
+    ctx.save_for_backward(output[1], output[2])
+
+
+def _fp8_matmul_grads(ctx, grad, _grad_x8t, _grad_w8):  # x̂ᵀ and ŵ are returned only to be saved
+    dx, dw = fp8_matmul_backward(grad, *ctx.saved_tensors, *ctx.scales, *ctx.dtypes)
+    return dx, dw, None, None, None
+
+
+fp8_matmul_scaled_mm.register_autograd(_fp8_matmul_grads, setup_context=_fp8_matmul_save)
+
+
+def fp8_matmul(x: torch.Tensor, w: torch.Tensor, x_scale: float, w_scale: float, grad_scale: float) -> torch.Tensor:
+    """x: (T, K), w: (K, N) -> x·w: (T, N) in x's dtype from FP8 inputs, with an FP8 gradient in the backward."""
+    return fp8_matmul_scaled_mm(x, w, x_scale, w_scale, grad_scale)[0]
+
+
 # ----- Optimizers -----
 
 # Polar Express coefficients for bf16, 5 steps, safety factor included (Amsel, Persson, Musco, Gower 2025,
@@ -1028,11 +1166,25 @@ class Block(nn.Module):
         return x + self.mlp(norm(x))
 
 
+# Fixed scales of the FP8 LM head, upstream's since its record of 2025-12-19 ("retune fp8 scales"; the first FP8 head,
+# 2025-01-13, had 1/2, 1/32 and 2^-29): a tensor is divided by its scale before the cast to FP8, so the scale maps
+# the largest value expected onto 448, the top of float8_e4m3fn. The head's input is rms-normed, so no entry
+# exceeds sqrt(768) ≈ 28: 100 leaves room. Head weights start at N(0, 0.005) and stay well under 1.6.
+FP8_HEAD_X_SCALE = 100 / 448
+FP8_HEAD_W_SCALE = 1.6 / 448
+# The logits' gradient of one token's loss is at most scale / width of the logit cap (11.5 / 15 ≈ 0.77), which
+# upstream maps to 448 in float8_e5m2 (whose top is 57344: 2^7 of headroom, and 2^22 down to its smallest normal).
+# Upstream sums the loss over tokens; ours is the mean over a micro-step's T tokens, divided by the micro-steps,
+# so GPT divides this per-token scale by both, as upstream divides its own by the accumulation steps.
+FP8_HEAD_GRAD_SCALE = 0.75 / 448
+
+
 class GPT(nn.Module):
     """U-net GPT: the first half of the blocks feed sigmoid-gated skips into the mirrored second half. The LM head
-    is stored (D, V), the transpose of the (V, D) embedding; while `tied`, the two hold the same weights."""
+    is stored (D, V), the transpose of the (V, D) embedding; while `tied`, the two hold the same weights.
+    micro_steps: gradient-accumulation steps per optimizer step, which scale the gradient the FP8 head quantizes."""
 
-    def __init__(self, hp: "Hyperparameters"):
+    def __init__(self, hp: "Hyperparameters", micro_steps: int = 1):
         super().__init__()
         V, D, L = hp.vocab_size, hp.model_dim, hp.num_layers
         self.window_pattern, self.logit_cap = hp.window_pattern, LogitCap.parse(hp.logit_cap)
@@ -1061,6 +1213,7 @@ class GPT(nn.Module):
             self.bigram_lambdas = nn.Parameter(torch.full((L,), 0.1))
         self.lm_head = nn.Parameter(self.embed.weight.data.T.contiguous())  # (D, V)
         self.tied = True
+        self.fp8_head, self.micro_steps = hp.fp8_head, micro_steps
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor, windows: dict) -> torch.Tensor:
         """inputs: (T,) int32, targets: (T,) int64, windows: kind ('S'/'L') -> window_tensor. Returns mean loss."""
@@ -1083,7 +1236,12 @@ class GPT(nn.Module):
             x = block(x, x0, ves[j] if j is not None else None, masks[self.window_pattern[i]])
             if i < half:
                 skips.append(x)
-        logits = norm(x[0]) @ self.lm_head.bfloat16()  # (T, V)
+        x = norm(x[0])  # (T, D)
+        if self.fp8_head and torch.is_grad_enabled():  # under no_grad, validation, the bf16 head: exact logits
+            grad_scale = FP8_HEAD_GRAD_SCALE / (x.size(0) * self.micro_steps)
+            logits = fp8_matmul(x, self.lm_head, FP8_HEAD_X_SCALE, FP8_HEAD_W_SCALE, grad_scale)
+        else:
+            logits = x @ self.lm_head.bfloat16()  # (T, V)
         return softcap_cross_entropy(logits, targets, self.logit_cap)
 
     def tie_gradients(self) -> None:
@@ -1318,6 +1476,7 @@ class Hyperparameters:
     window_pattern: str = "SSSLSSSLSSSL"  # per block: S short or L long sliding window
     window_blocks: str = "1:3,3:7,5:11"  # short:long sliding windows per equal stage of training, in 128-token blocks
     fused_mlp: bool = True  # relu² fused into the MLP's matmuls (Triton, CUDA only): -27 ms a step, -3.4 GiB on H100
+    fp8_head: bool = False  # LM head in FP8 while training (CUDA, capability >= 8.9): e4m3 inputs, e5m2 gradient
     # optimization
     muon_lr: float = 0.023  # NorMuon lr of the matrices (times MATRIX_PARAMS' lr_mul)
     muon_momentum_start: float = 0.85  # NorMuon momentum at step 0 ...
@@ -1378,6 +1537,8 @@ class Hyperparameters:
             raise ValueError(f"--logit_cap={self.logit_cap}: {e}") from None
         require(self.model_dim % 8 == 0 or not self.fused_mlp, "model_dim",
                 "must be a multiple of 8 with --fused_mlp: its kernel copies tiles by TMA, which needs 16-byte rows")
+        require(not self.fp8_head or (self.model_dim % 16 == 0 and self.vocab_size % 16 == 0), "fp8_head",
+                "needs --model_dim and --vocab_size multiples of 16, as torch._scaled_mm's FP8 matmuls do")
         require(self.num_layers % 2 == 0, "num_layers", "must be even (U-net skips pair the halves)")
         require(self.attn_gate_dim <= self.model_dim, "attn_gate_dim", "must not exceed --model_dim")
         require(self.bigram_buckets == 0 or self.bigram_buckets >= 2, "bigram_buckets",
@@ -1483,6 +1644,17 @@ def check_world_size(hp: Hyperparameters, world_size: int) -> None:
     if val_seqs % world_size:
         raise ValueError(f"world size {world_size} does not fit: --val_tokens={hp.val_tokens} / "
                          f"--val_seq_len={hp.val_seq_len} = {val_seqs} sequences, which must split evenly over the ranks")
+
+
+def check_device(hp: Hyperparameters, device: torch.device) -> None:
+    """The device enters here, once: --fp8_head needs FP8 tensor cores (Ada, Hopper or later)."""
+    if not hp.fp8_head:
+        return
+    capability = torch.cuda.get_device_capability(device) if on_gpu(device) else None
+    if capability is None or capability < (8, 9):
+        found = "a CPU" if capability is None else f"compute capability {capability[0]}.{capability[1]}"
+        raise ValueError(f"--fp8_head=True needs a CUDA GPU of compute capability 8.9 or newer (FP8 tensor cores); "
+                         f"this run's device has {found}")
 
 
 # ----- Logging -----
@@ -1928,7 +2100,7 @@ def check_loss(loss: torch.Tensor, step: int) -> float:
 
 def train(hp: Hyperparameters, rank: int, world_size: int, device: torch.device, log: Logger) -> float:
     torch.manual_seed(hp.seed)
-    model = GPT(hp).to(device)
+    model = GPT(hp, micro_steps=hp.slices_per_step // world_size).to(device)
     use_compile_cache(hp.compile_cache)
     forward = torch.compile(model, dynamic=False) if on_gpu(device) and hp.compile else model
     optimizers = build_optimizers(model, hp, rank, world_size)
@@ -2027,6 +2199,7 @@ def main(argv: list[str]) -> int:
         log_source(log)
         log_environment(log, hp, world_size, device)
         check_world_size(hp, world_size)
+        check_device(hp, device)
         train(hp, rank, world_size, device, log)
         return 0
     except BaseException as e:  # the log ends with error: whatever stopped the run, so tools can tell it died

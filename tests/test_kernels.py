@@ -313,3 +313,101 @@ def test_mlp_module_takes_the_fused_op_when_asked(monkeypatch):
     assert rel_err(out[1], out[0]) < 1e-5
     for name in ("fc", "proj"):
         assert rel_err(getattr(fused, name).grad, getattr(plain, name).grad) < 1e-5
+
+
+def head_inputs(n: int, k: int, m: int, dtype=torch.float32, device="cpu", seed=0):
+    """An LM head's tensors at their training scales: x rms-normed (T, K), w (K, N) of std 0.05, and the logits'
+    gradient of a mean loss over T tokens, about 0.77 / T at most per token -> (x, w, grad, the head's scales)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.nn.functional.rms_norm(torch.randn(n, k, generator=g), (k,)).to(device, dtype)
+    w = (torch.randn(k, m, generator=g) * 0.05).to(device)
+    grad = (torch.randn(n, m, generator=g) * 0.77 / n).to(device, dtype)
+    return x, w, grad, (T.FP8_HEAD_X_SCALE, T.FP8_HEAD_W_SCALE, T.FP8_HEAD_GRAD_SCALE / n)
+
+
+def test_fp8_matmul_definition_is_the_product_within_fp8_rounding():
+    """e4m3's 3 mantissa bits round each input by ~2.6% RMS, so the product is off by ~3.7%; e5m2's 2 bits round the
+    gradient by ~5.2%, so its products are off by ~5.9%. A window on each: no rounding, the wrong format or a
+    missing scale all fall outside it."""
+    x, w, grad, scales = head_inputs(256, 64, 384)
+    assert 0.03 < rel_err(T.fp8_matmul_torch(x, w, *scales[:2]), x.double() @ w.double()) < 0.045
+    dx, dw = T.fp8_matmul_backward_torch(grad, x, w, *scales)
+    assert 0.05 < rel_err(dx, grad.double() @ w.double().T) < 0.07
+    assert 0.05 < rel_err(dw, x.double().T @ grad.double()) < 0.07
+
+
+def check_fp8_matmul(x: torch.Tensor, w: torch.Tensor, grad: torch.Tensor, scales, tol: float, op=T.fp8_matmul):
+    """Output and gradients of the op, through autograd, against fp8_matmul_torch and fp8_matmul_backward_torch."""
+    inputs = [x.clone().requires_grad_(), w.clone().requires_grad_()]
+    out = op(*inputs, *scales)
+    out.backward(grad)
+    assert out.dtype == x.dtype and rel_err(out, T.fp8_matmul_torch(x, w, *scales[:2])) < tol
+    for got, want in zip(inputs, T.fp8_matmul_backward_torch(grad, x, w, *scales)):
+        assert got.grad.dtype == got.dtype and rel_err(got.grad, want) < tol
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-6), (torch.bfloat16, 4e-3)])
+def test_fp8_matmul_matches_its_definition(dtype, tol):
+    """torch._scaled_mm runs on CPU too: the op's rounding, scales, transposes and gradient routing, to fp32
+    accumulation order (and the bf16 rounding of the output and dx)."""
+    check_fp8_matmul(*head_inputs(48, 32, 80, dtype), tol=tol)
+
+
+def test_fp8_matmul_hands_scaled_mm_the_layouts_cuda_needs(monkeypatch):
+    """On CUDA _scaled_mm wants its first operand row-major, its second column-major, and never two e5m2 operands;
+    the CPU accepts anything, so each call is checked here: operand formats and layouts, scales, accumulation."""
+    calls, scaled_mm = [], torch._scaled_mm
+
+    def recording(a, b, scale_a, scale_b, out_dtype, use_fast_accum):
+        calls.append((a.dtype, b.dtype, a.stride() == (a.size(1), 1), b.stride() == (1, b.size(0)), scale_a.item(),
+                      scale_b.item(), out_dtype, use_fast_accum))
+        return scaled_mm(a, b, scale_a=scale_a, scale_b=scale_b, out_dtype=out_dtype, use_fast_accum=use_fast_accum)
+
+    monkeypatch.setattr(torch, "_scaled_mm", recording)
+    x, w, grad, (xs, ws, gs) = head_inputs(48, 32, 80, torch.bfloat16)
+    check_fp8_matmul(x, w, grad, (xs, ws, gs), tol=4e-3)
+    e4m3, e5m2 = torch.float8_e4m3fn, torch.float8_e5m2
+    f32 = lambda s: torch.tensor(s, dtype=torch.float32).item()
+    assert calls == [(e4m3, e4m3, True, True, f32(xs), f32(ws), torch.bfloat16, True),  # x̂·ŵ
+                     (e5m2, e4m3, True, True, f32(gs), f32(ws), torch.bfloat16, False),  # dx = ĝ·ŵᵀ
+                     (e4m3, e5m2, True, True, f32(xs), f32(gs), torch.float32, False)]  # dw = x̂ᵀ·ĝ
+
+
+def test_fp8_matmul_traces_under_torch_compile():
+    """The op's fake and autograd registrations: one whole graph calls it and its backward, same numbers."""
+    compiled = torch.compile(lambda *a: T.fp8_matmul(*a) * 1.0, backend="aot_eager", fullgraph=True)
+    check_fp8_matmul(*head_inputs(32, 16, 48), tol=1e-6, op=compiled)
+
+
+@pytest.mark.gpu
+def test_fp8_matmul_matches_its_definition_on_gpu():
+    """At the record's head shape on FP8 tensor cores; the forward accumulates with fewer bits (fast accumulation)
+    and every output is bf16, hence 1e-2, still well under the ~4% the FP8 rounding itself costs."""
+    check_fp8_matmul(*head_inputs(4096, 768, 50304, torch.bfloat16, device="cuda"), tol=1e-2)
+
+
+@pytest.mark.parametrize("src, scale", [(torch.float32, 0.37), (torch.bfloat16, 0.25)])
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_fp8_quantize_kernel_matches_torch_on_the_fp8_grid(src, scale, dtype):
+    """Triton's interpreter rounds to FP8 only approximately, so here the values already lie on the grid (times the
+    scale; a power of two for bf16, which holds them exactly): the kernel's indexing of a strided source, ragged
+    edges, division by the scale and transposed copy. The rounding itself is checked on the GPU."""
+    on_grid = (torch.randn(150, 70).to(dtype).float() * scale).to(src).T  # (70, 150), column-major
+    y, yt = T.fp8_quantize_triton(on_grid, scale, dtype, transpose=True, block=32)
+    want = T.fp8_quantize_torch(on_grid, scale, dtype)
+    assert y.dtype == yt.dtype == dtype and y.is_contiguous() and yt.is_contiguous()
+    assert torch.equal(y.view(torch.uint8), want.view(torch.uint8))
+    assert torch.equal(yt.view(torch.uint8), want.T.contiguous().view(torch.uint8))
+    assert T.fp8_quantize_triton(on_grid, scale, dtype, transpose=False, block=32)[1] is None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, scale", [(torch.float8_e4m3fn, T.FP8_HEAD_X_SCALE), (torch.float8_e5m2, 0.01)])
+def test_fp8_quantize_matches_torch_on_gpu(dtype, scale):
+    """The logits' gradient at the record's micro-step shape (T·V = 2.5e9 elements: offsets past int32), bit for
+    bit: both divide exactly rounded and round to nearest even; no value reaches the top of the format, where the
+    two differ."""
+    t = torch.randn(49152, 50304, device="cuda", dtype=torch.bfloat16)
+    y, yt = T.fp8_quantize(t, scale, dtype, transpose=True)
+    want = T.fp8_quantize_torch(t, scale, dtype).view(torch.uint8)
+    assert torch.equal(y.view(torch.uint8), want) and torch.equal(yt.view(torch.uint8), want.T)

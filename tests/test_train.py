@@ -74,6 +74,42 @@ def test_main_checks_the_world_size_before_training(shards, tmp_path, monkeypatc
     assert (tmp_path / "ws3.txt").read_text().splitlines()[-1].startswith("error:world size 3 does not fit")
 
 
+def test_fp8_head_on_a_cpu_is_refused_before_training(shards, tmp_path, monkeypatch):
+    monkeypatch.setattr(tg, "train", lambda *a: pytest.fail("train ran with --fp8_head on a CPU"))
+    assert tg.main(tiny_args(shards, tmp_path, "fp8cpu", "--fp8_head=true")) == 1
+    assert (tmp_path / "fp8cpu.txt").read_text().splitlines()[-1] == (
+        "error:--fp8_head=True needs a CUDA GPU of compute capability 8.9 or newer (FP8 tensor cores); "
+        "this run's device has a CPU")
+
+
+@pytest.mark.parametrize("capability, refused", [((8, 0), True), ((8, 6), True), ((8, 9), False), ((9, 0), False)])
+def test_fp8_head_needs_compute_capability_8_9(capability, refused, monkeypatch):
+    monkeypatch.setattr(tg, "on_gpu", lambda device: True)
+    monkeypatch.setattr(tg.torch.cuda, "get_device_capability", lambda device: capability)
+    hp = tg.parse_args(["--preset=tiny", "--fp8_head=true"])
+    if refused:
+        with pytest.raises(ValueError, match=rf"--fp8_head=True .* has compute capability {capability[0]}\.{capability[1]}"):
+            tg.check_device(hp, tg.torch.device("cuda", 0))
+    else:
+        tg.check_device(hp, tg.torch.device("cuda", 0))
+    tg.check_device(tg.parse_args(["--preset=tiny"]), tg.torch.device("cpu"))  # off: any device
+
+
+class ModelBuilt(Exception):
+    pass
+
+
+def test_train_builds_the_model_with_its_micro_steps(shards, tmp_path, monkeypatch):
+    """The FP8 head's gradient scale counts the micro-steps: 8 slices a step on one rank are 8 of them."""
+    def stop(model, *args):
+        raise ModelBuilt(model.micro_steps)
+
+    monkeypatch.setattr(tg, "build_optimizers", stop)
+    with pytest.raises(ModelBuilt) as built:
+        tg.main(tiny_args(shards, tmp_path, "micro"))
+    assert built.value.args == (8,)
+
+
 def test_missing_shards_name_the_download_command(tmp_path):
     args = ["--preset=tiny", f"--train_files={tmp_path}/none_*.bin", f"--log_dir={tmp_path}", "--run_id=missing"]
     assert tg.main(args) == 1
@@ -178,6 +214,7 @@ def test_help_lists_every_flag_with_its_default_and_comment(capsys):
     (["--seq_lens=128,abc"], "--seq_lens=128,abc: must be comma-separated whole numbers"),
     (["--lr_stage_muls=0,1,1"], "--lr_stage_muls=0,1,1: must be comma-separated positive numbers"),
     (["--lr_stage_muls=1,1"], "--lr_stage_muls=1,1: needs one multiplier per --seq_lens stage"),
+    (["--fp8_head=true", "--vocab_size=50260"], "--fp8_head=True: needs --model_dim and --vocab_size multiples of 16"),
 ])
 def test_nonsensical_or_repeated_flags_are_refused(argv, message, capsys):
     assert tg.main(argv) == 2
