@@ -1026,15 +1026,60 @@ def norm(x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
 
-class Rotary(nn.Module):
-    """Rotary position embedding; the head dimension is split into two halves that rotate as (re, im) pairs."""
+ROPES = ("plain", "half_yarn")
+# Half-truncated RoPE (upstream's record 2025-09-10_Yarn, up:1006-1009): head_dim/4 frequencies evenly spaced in log
+# from 1 down to 1/1024 radians per token on the first half of the pairs; the other half is stationary (frequency 0)
+HALF_ROPE_SLOWEST = 1 / 1024
+# YaRN's ramp (Peng et al. 2023, arXiv:2309.00071; its α = 1, β = 32, kept by upstream, up:1037): a pair that turns
+# fewer than α times over the old window is interpolated fully, one that turns more than β times is kept as it is
+YARN_ALPHA, YARN_BETA = 1, 32
+# At each new window the attention scale grows by 0.2·ln(new/old) + 1: YaRN's temperature 0.1·ln(s) + 1 with 0.1
+# raised to 0.2 by upstream's tests (R/2025-09-10_Yarn, up:1055)
+YARN_SCALE_GROWTH = 0.2
 
-    def __init__(self, head_dim: int, max_seq_len: int, base: float):
+
+def rotary_frequencies(head_dim: int, base: float, rope: str) -> torch.Tensor:
+    """(head_dim/2,) fp32 radians per position of each rotated pair (x[i], x[i + head_dim/2]) before any YaRN."""
+    if rope == "plain":
+        return base ** (-torch.arange(0, head_dim // 2, dtype=torch.float32) / (head_dim // 2))
+    turning = HALF_ROPE_SLOWEST ** torch.linspace(0, 1, head_dim // 4, dtype=torch.float32)
+    return torch.cat([turning, turning.new_zeros(head_dim // 2 - head_dim // 4)])
+
+
+def yarn_stretch(frequencies: torch.Tensor, old_window: int, new_window: int) -> torch.Tensor:
+    """YaRN's NTK-by-parts interpolation of the frequencies from a window of old_window tokens to new_window."""
+    turns = old_window * frequencies / (2 * math.pi)
+    kept = ((turns - YARN_ALPHA) / (YARN_BETA - YARN_ALPHA)).clamp(0, 1)
+    ratio = old_window / new_window
+    return frequencies * (ratio + kept * (1 - ratio))
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding; the head dimension is split into two halves that rotate as (re, im) pairs. With
+    `yarn`, the tables are rewritten in place when the frequencies are stretched, and `attn_scale_gain` (0-dim) is the
+    attention scale's growth, which attention multiplies into q: a new Python float would recompile the graph."""
+
+    def __init__(self, frequencies: torch.Tensor, max_seq_len: int, yarn: bool = False):
         super().__init__()
-        inv_freq = base ** (-torch.arange(0, head_dim // 2, dtype=torch.float32) / (head_dim // 2))
-        theta = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)  # (T, head_dim / 2)
-        self.register_buffer("cos", theta.cos()[None, :, None, :], persistent=False)
-        self.register_buffer("sin", theta.sin()[None, :, None, :], persistent=False)
+        self.register_buffer("cos", torch.empty(1, max_seq_len, 1, len(frequencies)), persistent=False)
+        self.register_buffer("sin", torch.empty(1, max_seq_len, 1, len(frequencies)), persistent=False)
+        self.register_buffer("attn_scale_gain", torch.ones(()) if yarn else None, persistent=False)
+        self.state = None  # the (frequencies, gain) the buffers hold, so an unchanged schedule rewrites nothing
+        self.set_yarn(frequencies, 1.0)
+
+    @torch.no_grad()
+    def set_yarn(self, frequencies: torch.Tensor, attn_scale_gain: float) -> None:
+        """frequencies: (head_dim/2,) fp32 on the CPU."""
+        if self.state is not None and torch.equal(self.state[0], frequencies) and self.state[1] == attn_scale_gain:
+            return
+        assert self.attn_scale_gain is not None or attn_scale_gain == 1.0, "plain RoPE keeps the attention scale"
+        positions = torch.arange(self.cos.size(1), dtype=torch.float32, device=self.cos.device)
+        theta = torch.outer(positions, frequencies.to(self.cos.device))  # (T, head_dim / 2)
+        self.cos.copy_(theta.cos()[None, :, None, :])
+        self.sin.copy_(theta.sin()[None, :, None, :])
+        if self.attn_scale_gain is not None:
+            self.attn_scale_gain.fill_(attn_scale_gain)
+        self.state = (frequencies.clone(), attn_scale_gain)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, H, head_dim)
         T = x.size(1)
@@ -1132,6 +1177,8 @@ class CausalSelfAttention(nn.Module):
         w = self.qkvo.type_as(x)
         qk, v = F.linear(x, w[:3].flatten(0, 1)).view(B, T, 3 * H, Dh).split(2 * H, dim=-2)
         q, k = self.rotary(norm(qk)).chunk(2, dim=-2)  # q and k as one tensor: one reduction loop, not two
+        if self.rotary.attn_scale_gain is not None:  # attend's scale stays a constant: flex compiles it in
+            q = q * self.rotary.attn_scale_gain
         if value_embed is not None:
             v = self.value_mix[0] * v + self.value_mix[1] * value_embed.view_as(v)
         y = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, self.scale).transpose(1, 2)
@@ -1197,9 +1244,10 @@ class GPT(nn.Module):
         # value embedding i feeds block i and block L - num_ve + i; the blocks between have none
         self.value_embed_of_block = [i if i < num_ve else (i - (L - num_ve) if i >= L - num_ve else None)
                                      for i in range(L)]
-        rotary = Rotary(hp.head_dim, hp.max_seq_len, hp.rope_base)
+        self.rotary = Rotary(rotary_frequencies(hp.head_dim, hp.rope_base, hp.rope), hp.max_seq_len,
+                             yarn=hp.rope == "half_yarn")
         self.blocks = nn.ModuleList(
-            Block(D, hp.num_heads, hp.head_dim, hp.mlp_mult * D, hp.attn_gate_dim, rotary, hp.attn_scale,
+            Block(D, hp.num_heads, hp.head_dim, hp.mlp_mult * D, hp.attn_gate_dim, self.rotary, hp.attn_scale,
                   hp.fused_mlp)
             for _ in range(L))
         self.skip_gates = nn.Parameter(torch.zeros(L // 2))  # sigmoid(0) = 0.5
@@ -1467,7 +1515,8 @@ class Hyperparameters:
     attn_gate_dim: int = 12  # residual channels that drive the per-head output gates
     num_value_embeds: int = 3  # value embeddings, each feeding one block of each half
     attn_scale: float = 0.12  # QK-norm bounds q·k by head_dim, so the usual 1/sqrt(head_dim) is too soft
-    rope_base: float = 10000.0  # rotary embedding base
+    rope: str = "plain"  # plain: rope_base^(-i/(head_dim/2)) on every pair; half_yarn: half the pairs still, YaRN
+    rope_base: float = 10000.0  # rotary embedding base (--rope=plain)
     logit_cap: str = "sigmoid:23,5,7.5"  # tanh:C bounds logits as C·tanh(l/C), sigmoid:A,B,C as A·σ((l+B)/C)
     embed_std: float = 0.005  # init std of the token embedding (and the tied LM head)
     value_embed_std: float = 0.01  # init std of the value embeddings
@@ -1475,6 +1524,7 @@ class Hyperparameters:
     smear: bool = True  # each token's embedding takes a gated share of the previous token's
     window_pattern: str = "SSSLSSSLSSSL"  # per block: S short or L long sliding window
     window_blocks: str = "1:3,3:7,5:11"  # short:long sliding windows per equal stage of training, in 128-token blocks
+    val_window_blocks: str = ""  # short:long windows of the validation after the last step ("": the last stage's)
     fused_mlp: bool = True  # relu² fused into the MLP's matmuls (Triton, CUDA only): -27 ms a step, -3.4 GiB on H100
     fp8_head: bool = False  # LM head in FP8 while training (CUDA, capability >= 8.9): e4m3 inputs, e5m2 gradient
     # optimization
@@ -1552,6 +1602,11 @@ class Hyperparameters:
         require(self.val_seq_len % 128 == 0, "val_seq_len", "must be a multiple of 128 (FlexAttention's block size)")
         require(re.fullmatch(r"[1-9][0-9]*:[1-9][0-9]*(,[1-9][0-9]*:[1-9][0-9]*)*", self.window_blocks) is not None,
                 "window_blocks", "must be short:long pairs of positive block counts, comma-separated")
+        require(re.fullmatch(r"([1-9][0-9]*:[1-9][0-9]*)?", self.val_window_blocks) is not None, "val_window_blocks",
+                "must be empty or one short:long pair of positive block counts")
+        require(self.rope in ROPES, "rope", f"expected one of {', '.join(ROPES)}")
+        require(self.rope == "plain" or self.head_dim % 4 == 0, "head_dim",
+                "must be a multiple of 4 with --rope=half_yarn: a quarter of it are the turning pairs")
         require(re.fullmatch(r"[0-9]*\.?[0-9]+(,[0-9]*\.?[0-9]+)*", self.lr_stage_muls) is not None
                 and all(0 < m < math.inf for m in self.lr_stage_mul_list), "lr_stage_muls",
                 "must be comma-separated positive numbers")
@@ -1572,6 +1627,11 @@ class Hyperparameters:
     def window_stages(self) -> list[tuple[int, int]]:
         """(short, long) window in 128-token blocks for each equal stage of training."""
         return [tuple(int(b) for b in pair.split(":")) for pair in self.window_blocks.split(",")]
+
+    @property
+    def val_windows(self) -> tuple[int, int] | None:
+        """(short, long) window in 128-token blocks of the validation after the last step; None: the last stage's."""
+        return tuple(int(b) for b in self.val_window_blocks.split(":")) if self.val_window_blocks else None
 
     @property
     def max_seq_len(self) -> int:
@@ -1770,16 +1830,41 @@ def seq_len_at(step: int, hp: Hyperparameters) -> int:
     return hp.seq_len_stages[stage_at(step, hp, len(hp.seq_len_stages))]
 
 
-def windows_at(step: int, hp: Hyperparameters) -> dict[str, int]:
-    """Sliding-window sizes in tokens for each equal stage of training (--window_blocks); validation after the end
-    uses the last stage's."""
+def windows_until(step: int, hp: Hyperparameters) -> list[tuple[int, int]]:
+    """(short, long) windows in 128-token blocks of every stage of training up to step's (--window_blocks), then
+    --val_window_blocks, if given, for the validation after the end."""
     stages = hp.window_stages
-    short, long = stages[stage_at(step, hp, len(stages))]
+    seen = stages[:stage_at(step, hp, len(stages)) + 1]
+    if step >= hp.num_iterations and hp.val_windows:
+        seen.append(hp.val_windows)
+    return seen
+
+
+def windows_at(step: int, hp: Hyperparameters) -> dict[str, int]:
+    """Sliding-window sizes in tokens at a step."""
+    short, long = windows_until(step, hp)[-1]
     return {"S": 128 * short, "L": 128 * long}
 
 
 def window_tensors(step: int, hp: Hyperparameters, device) -> dict[str, torch.Tensor]:
     return {kind: window_tensor(w, device) for kind, w in windows_at(step, hp).items()}
+
+
+def yarn_at(step: int, hp: Hyperparameters) -> tuple[torch.Tensor, float]:
+    """Rotary frequencies and the attention scale's gain at a step: with --rope=half_yarn, YaRN stretches the
+    frequencies and grows the scale at each change of the long window so far (an unchanged window leaves both)."""
+    frequencies, gain = rotary_frequencies(hp.head_dim, hp.rope_base, hp.rope), 1.0
+    if hp.rope == "half_yarn":
+        longs = [128 * long for _, long in windows_until(step, hp)]
+        for old, new in zip(longs[:-1], longs[1:]):
+            frequencies = yarn_stretch(frequencies, old, new)
+            gain *= YARN_SCALE_GROWTH * math.log(new / old) + 1
+    return frequencies, gain
+
+
+def set_yarn(model: GPT, step: int, hp: Hyperparameters) -> None:
+    """Derived from the step alone, so a resumed run gets the state of an uninterrupted one."""
+    model.rotary.set_yarn(*yarn_at(step, hp))
 
 
 def untie_step(hp: Hyperparameters) -> int:
@@ -1868,6 +1953,7 @@ def train_step(model: GPT, forward, optimizers, batches, step: int, hp: Hyperpar
     used by training, warm-up and the benchmark (which times its phases). Returns the mean training loss over all
     slices of all ranks, as a tensor (no host sync)."""
     windows = window_tensors(step, hp, batches[0][0].device)
+    set_yarn(model, step, hp)
     total = torch.zeros((), device=batches[0][0].device)
     for i, (inputs, targets) in enumerate(batches):
         set_grad_sync(optimizers, i == len(batches) - 1)
@@ -1889,9 +1975,10 @@ def train_step(model: GPT, forward, optimizers, batches, step: int, hp: Hyperpar
 
 
 @torch.no_grad()
-def evaluate(forward, val_tokens: torch.Tensor, step: int, hp: Hyperparameters, rank: int, world_size: int,
-             device) -> float:
+def evaluate(model: GPT, forward, val_tokens: torch.Tensor, step: int, hp: Hyperparameters, rank: int,
+             world_size: int, device) -> float:
     windows = window_tensors(step, hp, device)
+    set_yarn(model, step, hp)
     total = torch.zeros((), device=device)
     for inputs, targets in val_batches(val_tokens, hp.val_seq_len, rank, world_size, device):
         total += forward(inputs, targets, windows).float()
@@ -2140,7 +2227,7 @@ def train(hp: Hyperparameters, rank: int, world_size: int, device: torch.device,
                 pending = None
             synchronize(device)
             train_time_ms += 1000 * (time.perf_counter() - t0)
-            val_loss = evaluate(forward, val_tokens, step, hp, rank, world_size, device)
+            val_loss = evaluate(model, forward, val_tokens, step, hp, rank, world_size, device)
             log(f"step:{step}/{hp.num_iterations} val_loss:{val_loss:.4f} train_time:{train_time_ms:.0f}ms "
                 f"step_avg:{train_time_ms / max(step, 1):.2f}ms")
             if not math.isfinite(val_loss):

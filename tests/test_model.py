@@ -1,4 +1,5 @@
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -8,26 +9,73 @@ from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 import train_gpt as tg
 
 
-def rotate_as_complex(x: torch.Tensor, base: float) -> torch.Tensor:
-    """x: (..., T, H, Dh) -> fp64 reference rotation: pair (x[i], x[i + Dh/2]) is a complex number rotated by
-    -pos · base^(-i / (Dh/2))."""
+def rotate_as_complex(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """x: (..., T, H, Dh), freqs: (Dh/2,) fp64 -> fp64 reference rotation: pair (x[i], x[i + Dh/2]) is a complex number
+    rotated by -pos · freqs[i]."""
     T, Dh = x.shape[-3], x.shape[-1]
-    freqs = base ** (-torch.arange(Dh // 2, dtype=torch.float64) / (Dh // 2))
     angle = torch.arange(T, dtype=torch.float64)[:, None] * freqs  # (T, Dh/2)
     z = torch.complex(x[..., : Dh // 2].double(), x[..., Dh // 2 :].double())
     z = z * torch.polar(torch.ones_like(angle), -angle)[:, None, :]
     return torch.cat((z.real, z.imag), dim=-1)
 
 
+def plain_frequencies(Dh: int, base: float) -> torch.Tensor:
+    return base ** (-torch.arange(Dh // 2, dtype=torch.float64) / (Dh // 2))
+
+
+def half_yarn_frequencies(Dh: int, long_windows: list[int]) -> tuple[torch.Tensor, float]:
+    """In Python floats: Dh/4 frequencies 1024^(-i/(Dh/4 - 1)), then Dh/4 zeros; at each change old -> new of the long
+    window, frequency f is multiplied by r + w·(1 - r), r = old/new, w = clamp((old·f/2π - 1)/(32 - 1), 0, 1), and the
+    attention scale by 1 + 0.2·ln(new/old). -> (Dh/2,) fp64 frequencies, the scale's gain."""
+    n = Dh // 4
+    freqs, gain = [1024.0 ** (-i / (n - 1)) for i in range(n)] + [0.0] * n, 1.0
+    for old, new in zip(long_windows[:-1], long_windows[1:]):
+        r = old / new
+        freqs = [f * (r + min(max((old * f / (2 * math.pi) - 1) / 31, 0.0), 1.0) * (1 - r)) for f in freqs]
+        gain *= 1 + 0.2 * math.log(new / old)
+    return torch.tensor(freqs, dtype=torch.float64), gain
+
+
 def test_rotary_with_chunk_equals_complex_rotation():
     torch.manual_seed(0)
     T, H, Dh = 37, 3, 16
-    rotary = tg.Rotary(Dh, max_seq_len=64, base=10000.0)
+    rotary = tg.Rotary(tg.rotary_frequencies(Dh, 10000.0, "plain"), max_seq_len=64)
     x = torch.randn(2, T, H, Dh)
     y = rotary(x)
-    expected = rotate_as_complex(x, 10000.0).float()
+    expected = rotate_as_complex(x, plain_frequencies(Dh, 10000.0)).float()
     torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(y[:, 1:], x[:, 1:])  # it does rotate
+
+
+def test_half_rope_turns_32_frequencies_and_yarn_stretches_them_by_hand_computed_numbers():
+    """The record's head_dim 128: pairs 0-31 turn 1024^(-i/31) radians a token, pairs 32-63 stand still. From the
+    384-token window to 896 (its stage 1 -> 2), r = 3/7: pair 0 turns 384/2π = 61.1 times > β = 32, kept; pair 31
+    (1/1024) turns 0.06 times < α = 1, times 3/7 = 3/7168; pair 10 (2^(-100/31) = 0.1068896) turns 6.532612 times,
+    w = 5.532612/31 = 0.1784713, times 3/7 + w·4/7 = 0.5305551 -> 0.05671082."""
+    freqs = tg.rotary_frequencies(128, 10000.0, "half_yarn")
+    assert freqs.shape == (64,) and bool((freqs[:32] > 0).all()) and bool((freqs[32:] == 0).all())
+    assert freqs[0].item() == 1.0 and freqs[31].item() == pytest.approx(1 / 1024, rel=1e-6)
+    assert freqs[10].item() == pytest.approx(0.1068896, rel=1e-6)
+    torch.testing.assert_close(freqs[:32], 1024.0 ** (-torch.arange(32) / 31), atol=0, rtol=1e-6)
+    stretched = tg.yarn_stretch(freqs, 384, 896)
+    assert stretched[0].item() == 1.0 and bool((stretched[32:] == 0).all())
+    assert stretched[31].item() == pytest.approx(3 / 7168, rel=1e-6)
+    assert stretched[10].item() == pytest.approx(0.05671082, rel=1e-6)
+
+
+def test_attention_scale_grows_by_yarns_rule_at_each_longer_window():
+    """The record's long windows 3, 7, 11 blocks over thirds of 1500 steps, validation at 13: the gain is 1, then
+    1 + 0.2·ln(7/3) = 1.1694596, then times 1 + 0.2·ln(11/7): 1.2751752, then times 1 + 0.2·ln(13/11): 1.3177799.
+    Plain RoPE keeps 1 and the validation window, when not given, is the last stage's."""
+    hp = tg.parse_args(["--rope=half_yarn", "--num_iterations=1500", "--val_window_blocks=6:13"])
+    gains = [tg.yarn_at(step, hp)[1] for step in (0, 499, 500, 999, 1000, 1499, 1500)]
+    assert gains == pytest.approx([1.0, 1.0, 1.1694596, 1.1694596, 1.2751752, 1.2751752, 1.3177799], rel=1e-7)
+    assert tg.windows_at(1500, hp) == {"S": 768, "L": 1664} and tg.windows_at(1499, hp) == {"S": 640, "L": 1408}
+    torch.testing.assert_close(tg.yarn_at(1500, hp)[0].double(), half_yarn_frequencies(128, [384, 896, 1408, 1664])[0],
+                               atol=0, rtol=1e-6)
+    plain = tg.parse_args(["--num_iterations=1500"])
+    assert [tg.yarn_at(step, plain)[1] for step in (0, 1000, 1500)] == [1.0] * 3
+    assert tg.windows_at(1500, plain) == tg.windows_at(1499, plain)
 
 
 def random_documents(T: int, seed: int) -> torch.Tensor:
@@ -69,13 +117,19 @@ def test_flex_attention_block_mask_matches_dense_mask_attention():
     torch.testing.assert_close(flex, dense, atol=1e-5, rtol=1e-5)
 
 
-def test_attention_block_matches_a_reference_written_out():
+@pytest.mark.parametrize("rope", ["plain", "half_yarn"])
+def test_attention_block_matches_a_reference_written_out(rope):
     """The whole attention module (q, k, v from the shared bank, per-head q/k norm and rotation, value-embedding
     mix, document-causal window, sigmoid gates, output projection) against the same math written out in fp64,
-    with the rotation as complex numbers and the mask from loops."""
+    with the rotation as complex numbers and the mask from loops; half_yarn after one stretch, 128 -> 384 tokens."""
     torch.manual_seed(4)
     T, D, H, Dh, gate_dim, window, scale = 40, 64, 2, 32, 12, 16, 0.12
-    attn = tg.CausalSelfAttention(D, H, Dh, gate_dim, tg.Rotary(Dh, T, 1024.0), scale)
+    rotary = tg.Rotary(tg.rotary_frequencies(Dh, 1024.0, rope), T, yarn=rope == "half_yarn")
+    freqs, scale_gain = plain_frequencies(Dh, 1024.0), 1.0
+    if rope == "half_yarn":
+        freqs, scale_gain = half_yarn_frequencies(Dh, [128, 384])
+        rotary.set_yarn(tg.yarn_stretch(tg.rotary_frequencies(Dh, 1024.0, rope), 128, 384), scale_gain)
+    attn = tg.CausalSelfAttention(D, H, Dh, gate_dim, rotary, scale)
     with torch.no_grad():  # the output projection and gates start at zero: give them values that show errors
         attn.qkvo[3].normal_(0, D**-0.5)
         attn.gate.normal_()
@@ -84,7 +138,7 @@ def test_attention_block_matches_a_reference_written_out():
     tokens[[0, 13, 29]] = tg.BOS_ID
     x, ve = torch.randn(2, 1, T, D).unbind(0)
     y = attn(x, ve, tg.attention_mask(tokens, torch.tensor(window)))
-    out = attention_reference(attn, x[0].double(), ve[0].double(), tokens, window, 1024.0)
+    out = attention_reference(attn, x[0].double(), ve[0].double(), tokens, window, freqs, scale_gain)
     torch.testing.assert_close(y[0].double(), out, atol=2e-5, rtol=2e-5)
 
 
@@ -93,18 +147,18 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
 
 
 def attention_reference(attn, x: torch.Tensor, ve: torch.Tensor | None, tokens: torch.Tensor, window: int,
-                        rope_base: float) -> torch.Tensor:
+                        freqs: torch.Tensor, scale_gain: float = 1.0) -> torch.Tensor:
     """x, ve: (T, D) fp64 -> the attention module's output (T, D) in fp64: heads one by one in einsum, the
-    rotation as complex numbers, the mask from loops."""
+    rotation as complex numbers by freqs, scores scaled by attn.scale · scale_gain, the mask from loops."""
     T, D = x.shape
     H, Dh = attn.num_heads, attn.head_dim
     W = attn.qkvo.detach().double()
     q, k, v = ((x @ W[i].T).view(T, H, Dh) for i in range(3))
-    q, k = (rotate_as_complex(rms_norm(t), rope_base) for t in (q, k))
+    q, k = (rotate_as_complex(rms_norm(t), freqs) for t in (q, k))
     if ve is not None:
         a, b = attn.value_mix.detach().double()
         v = a * v + b * ve.view(T, H, Dh)
-    scores = attn.scale * torch.einsum("qhd,khd->hqk", q, k)
+    scores = attn.scale * scale_gain * torch.einsum("qhd,khd->hqk", q, k)
     p = torch.softmax(scores.masked_fill(~document_window_from_loops(tokens, window), float("-inf")), dim=-1)
     gate = torch.sigmoid(x[:, :attn.gate_dim] @ attn.gate.detach().double().T)  # (T, H)
     return (torch.einsum("hqk,khd->qhd", p, v) * gate[..., None]).reshape(T, D) @ W[3].T
@@ -125,11 +179,12 @@ def test_bigram_hash_matches_the_formula_in_python_integers():
 CAPPED = {"tanh:15": lambda l: 15 * torch.tanh(l / 15), "sigmoid:23,5,7.5": lambda l: 23 * torch.sigmoid((l + 5) / 7.5)}
 
 
-def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], rope_base: float,
+def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], freqs: torch.Tensor, scale_gain: float,
                        logit_cap: str) -> torch.Tensor:
     """The whole GPT written out in fp64, each wire spelled out: x0 = norm(embedding); block i first mixes
     a_i·x + b_i·x0; value embedding j feeds blocks j and L - num_ve + j; a second-half block i first adds
-    sigmoid(gate)·(output of its mirror block L - 1 - i); the head reads norm(x); logits are softcapped."""
+    sigmoid(gate)·(output of its mirror block L - 1 - i); every attention rotates by freqs and scales its scores by
+    attn_scale · scale_gain; the head reads norm(x); logits are softcapped."""
     inputs, targets = tokens[:-1], tokens[1:]
     p = {name: t.detach().double() for name, t in model.named_parameters()}
     L, num_ve = len(model.blocks), len(model.value_embeds)
@@ -149,22 +204,31 @@ def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], rop
             x = x + p["bigram_lambdas"][i] * p["bigram_embed.weight"][python_bigram_rows(inputs, model.bigram_embed.num_embeddings)]
         a, b = p[f"blocks.{i}.residual_mix"]
         x = a * x + b * x0
-        x = x + attention_reference(block.attn, rms_norm(x), ve, inputs, windows[model.window_pattern[i]], rope_base)
+        x = x + attention_reference(block.attn, rms_norm(x), ve, inputs, windows[model.window_pattern[i]], freqs,
+                                    scale_gain)
         x = x + torch.relu(rms_norm(x) @ p[f"blocks.{i}.mlp.fc"].T).square() @ p[f"blocks.{i}.mlp.proj"].T
         outputs.append(x)
     logits = rms_norm(x) @ p["lm_head"]
     return F.cross_entropy(CAPPED[logit_cap](logits), targets)
 
 
-@pytest.mark.parametrize("logit_cap, bigram_buckets, smear", [("tanh:15", 0, False), ("sigmoid:23,5,7.5", 0, False),
-                                                              ("tanh:15", 97, False), ("tanh:15", 0, True)])
-def test_gpt_forward_matches_the_model_written_out(monkeypatch, logit_cap, bigram_buckets, smear):
+@pytest.mark.parametrize("logit_cap, bigram_buckets, smear, rope", [
+    ("tanh:15", 0, False, "plain"), ("sigmoid:23,5,7.5", 0, False, "plain"), ("tanh:15", 97, False, "plain"),
+    ("tanh:15", 0, True, "plain"), ("tanh:15", 0, False, "half_yarn")])
+def test_gpt_forward_matches_the_model_written_out(monkeypatch, logit_cap, bigram_buckets, smear, rope):
     """Every parameter moved off its init (so no wire hides behind a zero or a symmetry), then GPT.forward against
     gpt_reference_loss. The model's bf16 casts are made fp32 here, so the two agree to float rounding and a skip
-    from the wrong block, a value embedding fed to the wrong block, a swapped mix or a dropped gate all show."""
+    from the wrong block, a value embedding fed to the wrong block, a swapped mix or a dropped gate all show. With
+    half_yarn, the model is at its final validation, two YaRN stretches in (long windows 128 -> 256 -> 384)."""
     monkeypatch.setattr(torch.Tensor, "bfloat16", lambda t: t.float())
     model, hp = tiny_model(num_layers=4, window_pattern="SLSL", num_value_embeds=2, logit_cap=logit_cap,
-                           bigram_buckets=bigram_buckets, smear=smear)
+                           bigram_buckets=bigram_buckets, smear=smear, rope=rope, window_blocks="1:1,1:2",
+                           val_window_blocks="1:3")
+    tg.set_yarn(model, hp.num_iterations, hp)
+    if rope == "plain":
+        freqs, scale_gain = plain_frequencies(hp.head_dim, hp.rope_base), 1.0
+    else:
+        freqs, scale_gain = half_yarn_frequencies(hp.head_dim, [128, 256, 384])
     g = torch.Generator().manual_seed(7)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -174,8 +238,9 @@ def test_gpt_forward_matches_the_model_written_out(monkeypatch, logit_cap, bigra
     tokens = random_documents(385, seed=8)
     windows = {"S": 128, "L": 256}
     loss = model(tokens[:-1].int(), tokens[1:].long(), {k: torch.tensor(w) for k, w in windows.items()})
-    reference = gpt_reference_loss(model, tokens, windows, hp.rope_base, logit_cap)
-    assert abs(loss.item() - reference.item()) < 1e-5 * reference.item(), (loss.item(), reference.item())
+    reference = gpt_reference_loss(model, tokens, windows, freqs, scale_gain, logit_cap)
+    # fp32 agrees to ~1e-7; the bound is tight enough that YaRN's stretch of the frequencies (4e-6 here) shows
+    assert abs(loss.item() - reference.item()) < 1e-6 * reference.item(), (loss.item(), reference.item())
 
 
 def test_activations_stay_bf16_with_every_model_flag_on():

@@ -122,17 +122,21 @@ def test_non_finite_loss_stops_the_run_with_a_message(shards, tmp_path):
     assert last.startswith("error:non-finite") and "step" in last
 
 
-def test_resume_from_checkpoint_continues_exactly(shards, tmp_path):
-    assert tg.main(tiny_args(shards, tmp_path, "full", "--num_iterations=6", "--save_every=3")) == 0
-    ckpt = tmp_path / "full_step3.pt"
+@pytest.mark.parametrize("save_step, model_flags", [(3, []), (4, ["--rope=half_yarn", "--val_window_blocks=1:3"])])
+def test_resume_from_checkpoint_continues_exactly(shards, tmp_path, save_step, model_flags):
+    """With half_yarn, the checkpoint at step 4 falls a step after tiny's long window grew (step 3): the resumed run
+    must stretch the frequencies and grow the attention scale that no checkpoint stores."""
+    assert tg.main(tiny_args(shards, tmp_path, "full", "--num_iterations=6", f"--save_every={save_step}",
+                             *model_flags)) == 0
+    ckpt = tmp_path / f"full_step{save_step}.pt"
     assert ckpt.exists()
-    assert tg.main(tiny_args(shards, tmp_path, "resumed", "--num_iterations=6", f"--resume={ckpt}")) == 0
+    assert tg.main(tiny_args(shards, tmp_path, "resumed", "--num_iterations=6", f"--resume={ckpt}", *model_flags)) == 0
     full, resumed = val_losses(tmp_path / "full.txt"), val_losses(tmp_path / "resumed.txt")
     assert resumed[6] == pytest.approx(full[6], abs=1e-6)
     # the resumed log carries the first segment's train time: its total is the whole run's
     first, second = parse_log(tmp_path / "full.txt"), parse_log(tmp_path / "resumed.txt")
-    carried = next(s.train_time_ms for s in first.steps if s.step == 3)
-    assert second.resume_step == 3 and second.resume_train_time_ms == pytest.approx(carried, abs=1)
+    carried = next(s.train_time_ms for s in first.steps if s.step == save_step)
+    assert second.resume_step == save_step and second.resume_train_time_ms == pytest.approx(carried, abs=1)
     assert second.status == "complete" and second.final.train_time_ms > carried
     assert second.final.tokens_seen == first.final.tokens_seen
 

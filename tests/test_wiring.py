@@ -14,14 +14,15 @@ def shards(tmp_path_factory):
 SCHEDULE_FLAGS = ["--num_iterations=12", "--warmup_steps=0", "--val_every=0", "--lr_warmup_steps=2",
                   "--cooldown_frac=0.5", "--final_lr_frac=0.2", "--momentum_warmup_frac=0.5", "--untie_frac=0.5",
                   "--window_blocks=1:1,1:2,2:4,3:5", "--momentum_cooldown_frac=0.25", "--seq_lens=128,256",
-                  "--lr_stage_muls=1.0,1.5"]
+                  "--lr_stage_muls=1.0,1.5", "--rope=half_yarn", "--val_window_blocks=4:6"]
 
 
 @pytest.fixture(scope="module")
 def recorded(shards, tmp_path_factory) -> tuple[tg.Hyperparameters, dict]:
     """A tiny run that records, at every optimizer step, each group's lr and momentum as the optimizer reads
-    them, and at every training forward, model.tied and the window sizes the model is given."""
-    seen = {"muon": [], "adam": [], "forward": []}
+    them, at every training forward, model.tied and the window sizes the model is given, and at every forward,
+    training or validation, the windows and the rotary tables and attention scale gain the attention reads."""
+    seen = {"muon": [], "adam": [], "forward": [], "rotary": []}
 
     def recording(cls, key):
         step = cls.step
@@ -36,6 +37,9 @@ def recorded(shards, tmp_path_factory) -> tuple[tg.Hyperparameters, dict]:
     def recording_forward(self, inputs, targets, windows):
         if torch.is_grad_enabled():
             seen["forward"].append((self.tied, {kind: int(w) for kind, w in windows.items()}, len(inputs)))
+        seen["rotary"].append((torch.is_grad_enabled(), {kind: int(w) for kind, w in windows.items()},
+                               self.rotary.cos[0, :, 0].clone(), self.rotary.sin[0, :, 0].clone(),
+                               self.rotary.attn_scale_gain.item()))
         return forward(self, inputs, targets, windows)
 
     train, val = shards
@@ -73,6 +77,22 @@ def test_every_forward_sees_the_scheduled_windows_batch_and_ties(recorded):
         assert seq_len == tg.seq_len_at(step, hp), step
         assert tied == (step < tg.untie_step(hp)), step
     assert 0 < tg.untie_step(hp) < hp.num_iterations
+
+
+def test_every_forward_reads_the_yarn_state_of_its_step_and_validation_the_longer_window(recorded):
+    """Training forwards of step s read the rotary tables and scale gain of yarn_at(s); the validation after the
+    last step reads those of --val_window_blocks, one more stretch, with its windows."""
+    hp, seen = recorded
+    micro_steps, val_seqs = hp.slices_per_step, hp.val_tokens // hp.val_seq_len
+    assert [grad for grad, *_ in seen["rotary"]] == [True] * hp.num_iterations * micro_steps + [False] * val_seqs
+    steps = [i // micro_steps for i in range(hp.num_iterations * micro_steps)] + [hp.num_iterations] * val_seqs
+    assert len({tg.yarn_at(step, hp)[1] for step in steps}) == 5  # four stages' long windows and validation's
+    for step, (_, windows, cos, sin, gain) in zip(steps, seen["rotary"]):
+        freqs, expected_gain = tg.yarn_at(step, hp)
+        theta = torch.outer(torch.arange(cos.size(0), dtype=torch.float32), freqs)
+        torch.testing.assert_close((cos, sin), (theta.cos(), theta.sin()), atol=1e-6, rtol=0)
+        assert gain == pytest.approx(expected_gain, rel=1e-6) and windows == tg.windows_at(step, hp), step
+    assert seen["rotary"][-1][1] == {"S": 4 * 128, "L": 6 * 128}
 
 
 def tiny_model_and_optimizers(monkeypatch, table):
