@@ -273,9 +273,19 @@ def softcap(logits: torch.Tensor, cap: LogitCap) -> torch.Tensor:
     return cap.scale * torch.tanh((logits + cap.shift) / cap.width) + cap.offset
 
 
-def softcap_cross_entropy_torch(logits: torch.Tensor, targets: torch.Tensor, cap: LogitCap) -> torch.Tensor:
-    """logits: (T, V), targets: (T,) int64 -> mean cross-entropy of softcap(logits), fp32 scalar."""
-    return F.cross_entropy(softcap(logits.float(), cap), targets)
+def softcap_cross_entropy_torch(logits: torch.Tensor, targets: torch.Tensor, cap: LogitCap,
+                                weights: torch.Tensor | None = None) -> torch.Tensor:
+    """logits: (T, V), targets: (T,) int64 -> fp32 scalar: the mean cross-entropy of softcap(logits). With weights:
+    (K,), multi-token prediction: the mean over rows t of Σ_k weights[k]·CE(softcap(logits[t]), targets[t + k]),
+    where targets past the end of the sequence weigh 0."""
+    z = softcap(logits.float(), cap)
+    if weights is None:
+        return F.cross_entropy(z, targets)
+    T, K = targets.numel(), weights.numel()
+    ahead = F.pad(targets, (0, K - 1)).unfold(0, K, 1)  # (T, K): targets[t + k], padding past the end
+    inside = torch.arange(T, device=z.device)[:, None] + torch.arange(K, device=z.device) < T  # (T, K)
+    losses = z.logsumexp(-1, keepdim=True) - z.gather(1, ahead)  # (T, K)
+    return (losses * weights).masked_fill(~inside, 0.0).sum() / T
 
 
 @triton.jit
@@ -290,10 +300,11 @@ def _tanh(x, FAST: tl.constexpr):
 
 
 @triton.jit
-def _softcap_ce_forward_kernel(L, targets, lse, losses, V, stride_l, shift, width, scale, offset,
-                               BLOCK_V: tl.constexpr, FAST_TANH: tl.constexpr):
-    """One row of L: (T, V) per program: lse[row] = log Σ exp(z), losses[row] = lse - z[target], z = softcap(L).
-    Capped logits lie in [offset - scale, offset + scale], so exp cannot overflow and one pass with no running max
+def _softcap_ce_forward_kernel(L, targets, weights, lse, losses, T, V, stride_l, shift, width, scale, offset,
+                               K: tl.constexpr, BLOCK_V: tl.constexpr, FAST_TANH: tl.constexpr):
+    """One row of L: (T, V) per program: lse[row] = log Σ exp(z), z = softcap(L), and losses[row] =
+    Σ_k weights[k]·(lse - z[targets[row + k]]) over the K targets ahead that lie inside the sequence. Capped
+    logits lie in [offset - scale, offset + scale], so exp cannot overflow and one pass with no running max
     suffices."""
     row = tl.program_id(0).to(tl.int64)
     total = tl.zeros((BLOCK_V,), dtype=tl.float32)
@@ -303,24 +314,37 @@ def _softcap_ce_forward_kernel(L, targets, lse, losses, V, stride_l, shift, widt
         z = scale * _tanh((x + shift) / width, FAST_TANH) + offset
         total += tl.where(cols < V, tl.exp(z), 0.0)
     row_lse = tl.log(tl.sum(total, axis=0))
-    x_target = tl.load(L + row * stride_l + tl.load(targets + row)).to(tl.float32)
+    loss = 0.0
+    for k in tl.static_range(K):
+        inside = row + k < T
+        x_target = tl.load(L + row * stride_l + tl.load(targets + row + k, mask=inside, other=0)).to(tl.float32)
+        z_target = scale * _tanh((x_target + shift) / width, FAST_TANH) + offset
+        loss += tl.where(inside, tl.load(weights + k) * (row_lse - z_target), 0.0)
     tl.store(lse + row, row_lse)
-    tl.store(losses + row, row_lse - (scale * _tanh((x_target + shift) / width, FAST_TANH) + offset))
+    tl.store(losses + row, loss)
 
 
 @triton.jit
-def _softcap_ce_backward_kernel(L, G, targets, lse, grad_loss, V, stride_l, stride_g, inv_T, shift, width, scale,
-                                offset, BLOCK_V: tl.constexpr, FAST_TANH: tl.constexpr):
-    """G[row] = grad_loss / T · (softmax(z) - onehot(target)) · scale / width · (1 - tanh²), z = softcap(L), in
-    G's dtype."""
+def _softcap_ce_backward_kernel(L, G, targets, weights, lse, grad_loss, T, V, stride_l, stride_g, inv_T, shift,
+                                width, scale, offset, K: tl.constexpr, BLOCK_V: tl.constexpr,
+                                FAST_TANH: tl.constexpr):
+    """G[row] = grad_loss / T · (softmax(z)·Σ_k w_k - Σ_k w_k·onehot(targets[row + k])) · scale / width · (1 - tanh²),
+    z = softcap(L), w_k = weights[k] for the targets inside the sequence and 0 past its end, in G's dtype."""
     row = tl.program_id(0).to(tl.int64)
-    row_lse, target = tl.load(lse + row), tl.load(targets + row)
+    row_lse = tl.load(lse + row)
+    weight_sum = 0.0
+    for k in tl.static_range(K):
+        weight_sum += tl.where(row + k < T, tl.load(weights + k), 0.0)
     g = tl.load(grad_loss).to(tl.float32) * inv_T * (scale / width)
     for start in range(0, V, BLOCK_V):
         cols = start + tl.arange(0, BLOCK_V)
         x = tl.load(L + row * stride_l + cols, mask=cols < V, other=0.0).to(tl.float32)
         t = _tanh((x + shift) / width, FAST_TANH)
-        d = tl.exp(scale * t + offset - row_lse) - tl.where(cols == target, 1.0, 0.0)
+        hits = tl.zeros((BLOCK_V,), dtype=tl.float32)
+        for k in tl.static_range(K):  # -1 past the end matches no column
+            target = tl.load(targets + row + k, mask=row + k < T, other=-1)
+            hits += tl.where(cols == target, tl.load(weights + k), 0.0)
+        d = tl.exp(scale * t + offset - row_lse) * weight_sum - hits
         tl.store(G + row * stride_g + cols, (g * d * (1 - t * t)).to(G.dtype.element_ty), mask=cols < V)
 
 
@@ -328,67 +352,74 @@ CE_BLOCK_V = 2048  # vocabulary columns per loop iteration of the cross-entropy 
 
 
 @torch.library.custom_op("train_gpt::softcap_cross_entropy", mutates_args=())
-def softcap_cross_entropy_triton(logits: torch.Tensor, targets: torch.Tensor, shift: float, width: float,
-                                 scale: float, offset: float, fast_tanh: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits: (T, V) with unit stride along V, targets: (T,) int64, a LogitCap's four numbers -> (mean capped
-    cross-entropy, an fp32 scalar; lse: (T,) fp32, kept for the backward, which reads the logits once and writes
+def softcap_cross_entropy_triton(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, shift: float,
+                                 width: float, scale: float, offset: float,
+                                 fast_tanh: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits: (T, V) with unit stride along V, targets: (T,) int64, weights: (K,) fp32 on the logits' device (a
+    tensor, so new weights do not recompile), a LogitCap's four numbers -> (mean over rows of the weighted capped
+    cross-entropies, an fp32 scalar; lse: (T,) fp32, kept for the backward, which reads the logits once and writes
     their gradient once). An op opaque to torch.compile, so the Triton kernels are called as written, without a
     graph break."""
     T, V = logits.shape
     lse = torch.empty(T, dtype=torch.float32, device=logits.device)
     losses = torch.empty_like(lse)
-    _softcap_ce_forward_kernel[(T,)](logits, targets, lse, losses, V, logits.stride(0), shift, width, scale, offset,
-                                     BLOCK_V=CE_BLOCK_V, FAST_TANH=fast_tanh, num_warps=8)
+    _softcap_ce_forward_kernel[(T,)](logits, targets, weights, lse, losses, T, V, logits.stride(0), shift, width,
+                                     scale, offset, K=weights.numel(), BLOCK_V=CE_BLOCK_V, FAST_TANH=fast_tanh,
+                                     num_warps=8)
     return losses.mean(), lse
 
 
 @softcap_cross_entropy_triton.register_fake
-def _(logits, targets, shift, width, scale, offset, fast_tanh):
+def _(logits, targets, weights, shift, width, scale, offset, fast_tanh):
     return logits.new_empty((), dtype=torch.float32), logits.new_empty(logits.shape[0], dtype=torch.float32)
 
 
 @torch.library.custom_op("train_gpt::softcap_cross_entropy_backward", mutates_args=())
 def softcap_cross_entropy_backward(grad_loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
-                                   lse: torch.Tensor, shift: float, width: float, scale: float, offset: float,
-                                   fast_tanh: bool) -> torch.Tensor:
+                                   weights: torch.Tensor, lse: torch.Tensor, shift: float, width: float, scale: float,
+                                   offset: float, fast_tanh: bool) -> torch.Tensor:
     """-> the gradient of the logits: (T, V) in their dtype."""
     T, V = logits.shape
     grad = torch.empty_like(logits)
-    _softcap_ce_backward_kernel[(T,)](logits, grad, targets, lse, grad_loss.contiguous(), V, logits.stride(0),
-                                      grad.stride(0), 1.0 / T, shift, width, scale, offset, BLOCK_V=CE_BLOCK_V,
-                                      FAST_TANH=fast_tanh, num_warps=8)
+    _softcap_ce_backward_kernel[(T,)](logits, grad, targets, weights, lse, grad_loss.contiguous(), T, V,
+                                      logits.stride(0), grad.stride(0), 1.0 / T, shift, width, scale, offset,
+                                      K=weights.numel(), BLOCK_V=CE_BLOCK_V, FAST_TANH=fast_tanh, num_warps=8)
     return grad
 
 
 @softcap_cross_entropy_backward.register_fake
-def _(grad_loss, logits, targets, lse, shift, width, scale, offset, fast_tanh):
+def _(grad_loss, logits, targets, weights, lse, shift, width, scale, offset, fast_tanh):
     return torch.empty_like(logits)
 
 
 def _softcap_cross_entropy_save(ctx, inputs, output):
-    logits, targets, *ctx.constants = inputs  # shift, width, scale, offset, fast_tanh
-    ctx.save_for_backward(logits, targets, output[1])
+    logits, targets, weights, *ctx.constants = inputs  # shift, width, scale, offset, fast_tanh
+    ctx.save_for_backward(logits, targets, weights, output[1])
 
 
 def _softcap_cross_entropy_grads(ctx, grad_loss, _grad_lse):  # lse is returned only to be saved
     grad = softcap_cross_entropy_backward(grad_loss, *ctx.saved_tensors, *ctx.constants)
-    return grad, None, None, None, None, None, None
+    return grad, None, None, None, None, None, None, None
 
 
 softcap_cross_entropy_triton.register_autograd(_softcap_cross_entropy_grads,
                                                setup_context=_softcap_cross_entropy_save)
 
 
-def softcap_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, cap: LogitCap) -> torch.Tensor:
-    """logits: (T, V), targets: (T,) int64 -> mean cross-entropy of softcap(logits, cap). On CUDA the fused
-    kernels, with the approximate tanh instruction while autograd records; evaluation under no_grad keeps the
-    exact tanh, so validation losses carry no approximation error."""
+def softcap_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, cap: LogitCap,
+                          weights: torch.Tensor | None = None) -> torch.Tensor:
+    """logits: (T, V), targets: (T,) int64, weights: (K,) fp32 or None (next-token loss) -> the loss
+    softcap_cross_entropy_torch defines. On CUDA the fused kernels, with the approximate tanh instruction while
+    autograd records; evaluation under no_grad keeps the exact tanh, so validation losses carry no approximation
+    error. The next-token loss is weight 1 on one target ahead: the kernels' products with 1.0 are exact."""
     if not on_gpu(logits):
-        return softcap_cross_entropy_torch(logits, targets, cap)
+        return softcap_cross_entropy_torch(logits, targets, cap, weights)
     if cap.offset + cap.scale > 60:
         raise ValueError(f"logit cap {cap}: logits up to {cap.offset + cap.scale} > 60, exp would overflow the "
                          f"kernel's single fp32 pass")
-    return softcap_cross_entropy_triton(logits, targets.contiguous(), *cap, torch.is_grad_enabled())[0]
+    if weights is None:
+        weights = torch.ones(1, dtype=torch.float32, device=logits.device)
+    return softcap_cross_entropy_triton(logits, targets.contiguous(), weights, *cap, torch.is_grad_enabled())[0]
 
 
 def relu_sq_mlp_torch(x: torch.Tensor, fc: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
