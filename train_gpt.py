@@ -328,8 +328,9 @@ def _softcap_ce_forward_kernel(L, targets, weights, lse, losses, T, V, stride_l,
 def _softcap_ce_backward_kernel(L, G, targets, weights, lse, grad_loss, T, V, stride_l, stride_g, inv_T, shift,
                                 width, scale, offset, K: tl.constexpr, BLOCK_V: tl.constexpr,
                                 FAST_TANH: tl.constexpr):
-    """G[row] = grad_loss / T · (softmax(z)·Σ_k w_k - Σ_k w_k·onehot(targets[row + k])) · scale / width · (1 - tanh²),
-    z = softcap(L), w_k = weights[k] for the targets inside the sequence and 0 past its end, in G's dtype."""
+    """G[row] = grad_loss / T · (softmax(z)·Σ_k w_k - Σ_k w_k·onehot(targets[row + k])) · scale / width ·
+    (1 - tanh²), z = softcap(L), w_k = weights[k] for the targets inside the sequence and 0 past its end, in G's
+    dtype."""
     row = tl.program_id(0).to(tl.int64)
     row_lse = tl.load(lse + row)
     weight_sum = 0.0
@@ -1093,8 +1094,11 @@ class GPT(nn.Module):
         self.lm_head = nn.Parameter(self.embed.weight.data.T.contiguous())  # (D, V)
         self.tied = True
 
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, windows: dict) -> torch.Tensor:
-        """inputs: (T,) int32, targets: (T,) int64, windows: kind ('S'/'L') -> window_tensor. Returns mean loss."""
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, windows: dict,
+                mtp_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """inputs: (T,) int32, targets: (T,) int64, windows: kind ('S'/'L') -> window_tensor, mtp_weights: (K,) fp32
+        or None. Returns the mean next-token loss, or with mtp_weights the mean over t of Σ_k w_k·CE(logits_t,
+        targets[t + k]): multi-token prediction from the one head."""
         masks = {kind: attention_mask(inputs, window) for kind, window in windows.items()}
         e = self.embed(inputs).bfloat16()  # (T, D)
         if self.smear:  # each token's embedding takes a gated share of the previous token's
@@ -1115,7 +1119,7 @@ class GPT(nn.Module):
             if i < half:
                 skips.append(x)
         logits = norm(x[0]) @ self.lm_head.bfloat16()  # (T, V)
-        return softcap_cross_entropy(logits, targets, self.logit_cap)
+        return softcap_cross_entropy(logits, targets, self.logit_cap, mtp_weights)
 
     def tie_gradients(self) -> None:
         """While tied, the embedding's gradient belongs to the LM head: add it, transposed, and drop it."""
@@ -1369,6 +1373,8 @@ class Hyperparameters:
     lr_stage_muls: str = "1.0,1.52,1.73"  # lr multiplier per batch stage (one per --seq_lens entry): ~sqrt(batch)
     cooldown_frac: float = 0.6  # the last 60% of steps decay the learning rates linearly ...
     final_lr_frac: float = 0.15  # ... to this fraction
+    # multi-token prediction; upstream's record of 2025-12-22 is 1:0.5:0.25>0,1:0.5>0,1 (its 3 batch stages)
+    mtp_weights: str = "1"  # per equal stage: loss weights of the targets 1, 2, ... ahead (':'); a>b: a to b
     # run
     val_every: int = 125  # validate every this many steps (0: only at the end)
     warmup_steps: int = 10  # kernel warm-up steps per batch shape, on dummy data, before the timed region
@@ -1427,6 +1433,9 @@ class Hyperparameters:
                 "must be comma-separated positive numbers")
         require(len(self.lr_stage_mul_list) == len(self.seq_len_stages), "lr_stage_muls",
                 "needs one multiplier per --seq_lens stage")
+        weight = r"[0-9]*\.?[0-9]+(>[0-9]*\.?[0-9]+)?"
+        require(re.fullmatch(rf"{weight}(:{weight})*(,{weight}(:{weight})*)*", self.mtp_weights) is not None,
+                "mtp_weights", "must be comma-separated stages of ':'-separated non-negative weights, each w or a>b")
         require(self.val_tokens % self.val_seq_len == 0, "val_tokens", "must be a multiple of --val_seq_len")
         require(bool(self.bench_steps) or not self.bench_trace, "bench_trace", "needs --bench_steps")
 
@@ -1442,6 +1451,12 @@ class Hyperparameters:
     def window_stages(self) -> list[tuple[int, int]]:
         """(short, long) window in 128-token blocks for each equal stage of training."""
         return [tuple(int(b) for b in pair.split(":")) for pair in self.window_blocks.split(",")]
+
+    @property
+    def mtp_stages(self) -> list[list[tuple[float, float]]]:
+        """Per equal stage of training, per target 1, 2, ... tokens ahead: its weight at the stage's start and end."""
+        return [[(float(w.split(">")[0]), float(w.split(">")[-1])) for w in stage.split(":")]
+                for stage in self.mtp_weights.split(",")]
 
     @property
     def max_seq_len(self) -> int:
@@ -1641,6 +1656,25 @@ def window_tensors(step: int, hp: Hyperparameters, device) -> dict[str, torch.Te
     return {kind: window_tensor(w, device) for kind, w in windows_at(step, hp).items()}
 
 
+def mtp_weights_at(step: int, hp: Hyperparameters) -> list[float]:
+    """Multi-token prediction's loss weights of the targets 1, 2, ... tokens ahead: each moves linearly from its
+    stage's start value to its end value across the stage, zero-padded to the longest stage's count so their shape,
+    and the compiled graph, stay the same all run."""
+    stages = hp.mtp_stages
+    i = stage_at(step, hp, len(stages))
+    t = min(step * len(stages) / hp.num_iterations - i, 1.0)  # progress through stage i
+    weights = [a + (b - a) * t for a, b in stages[i]]
+    return weights + [0.0] * (max(map(len, stages)) - len(weights))
+
+
+def mtp_weight_tensors(hp: Hyperparameters, device) -> list[torch.Tensor] | None:
+    """mtp_weights_at for every step as (K,) fp32 tensors on the device, made once before training, so no step
+    waits on a host-to-device copy; None for the plain next-token loss (weight 1 on one target all run)."""
+    if all(stage == [(1.0, 1.0)] for stage in hp.mtp_stages):
+        return None
+    return [torch.tensor(mtp_weights_at(step, hp), device=device) for step in range(hp.num_iterations)]
+
+
 def untie_step(hp: Hyperparameters) -> int:
     """The first step at which the embedding and the LM head are trained as two matrices."""
     return int(hp.untie_frac * hp.num_iterations)
@@ -1722,16 +1756,18 @@ class PhaseTimer:
 
 
 def train_step(model: GPT, forward, optimizers, batches, step: int, hp: Hyperparameters, world_size: int,
-               phase=no_phases) -> torch.Tensor:
+               mtp_table: list | None, phase=no_phases) -> torch.Tensor:
     """One optimizer step over this rank's slices (len(batches) = gradient-accumulation micro-steps), the one
-    used by training, warm-up and the benchmark (which times its phases). Returns the mean training loss over all
-    slices of all ranks, as a tensor (no host sync)."""
+    used by training, warm-up and the benchmark (which times its phases). mtp_table: mtp_weight_tensors. Returns
+    the mean training loss over all slices of all ranks (with MTP, the weighted sum over targets ahead), as a
+    tensor (no host sync)."""
     windows = window_tensors(step, hp, batches[0][0].device)
+    mtp_weights = mtp_table[step] if mtp_table is not None else None
     total = torch.zeros((), device=batches[0][0].device)
     for i, (inputs, targets) in enumerate(batches):
         set_grad_sync(optimizers, i == len(batches) - 1)
         with phase("forward"):
-            loss = forward(inputs, targets, windows)
+            loss = forward(inputs, targets, windows, mtp_weights)
         with phase("backward"):
             (loss / len(batches)).backward()
         total += loss.detach() / len(batches)
@@ -1769,7 +1805,7 @@ def dummy_batches(seq_len: int, count: int, device, seed: int = 0) -> list:
 
 
 def warmup_kernels(model: GPT, forward, optimizers, hp: Hyperparameters, rank: int, world_size: int, device,
-                   log: Logger):
+                   log: Logger, mtp_table: list | None):
     """Compile and autotune every batch shape on dummy data, then restore the initial model and optimizer state,
     so the timed run starts exactly where an un-warmed run would."""
     model_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -1778,7 +1814,7 @@ def warmup_kernels(model: GPT, forward, optimizers, hp: Hyperparameters, rank: i
     for seq_len in hp.seq_len_stages:
         t0 = time.perf_counter()
         for _ in range(hp.warmup_steps):
-            train_step(model, forward, optimizers, dummy_batches(seq_len, accum, device), 0, hp, world_size)
+            train_step(model, forward, optimizers, dummy_batches(seq_len, accum, device), 0, hp, world_size, mtp_table)
         synchronize(device)
         log(f"info:warmup seq_len:{seq_len} steps:{hp.warmup_steps} seconds:{time.perf_counter() - t0:.1f}")
     if hp.warmup_steps:
@@ -1837,7 +1873,8 @@ def timed(device, fn) -> float:
     return 1000 * (time.perf_counter() - t0)
 
 
-def benchmark(model: GPT, forward, optimizers, hp: Hyperparameters, world_size: int, device, log: Logger):
+def benchmark(model: GPT, forward, optimizers, hp: Hyperparameters, world_size: int, device, log: Logger,
+              mtp_table: list | None):
     """Full training steps at the final batch size on synthetic documents: ms per step, tokens/s, MFU against
     the measured matmul rate, peak memory, and where the time goes."""
     step = hp.num_iterations - 1  # the final stage: largest batch and windows
@@ -1845,11 +1882,11 @@ def benchmark(model: GPT, forward, optimizers, hp: Hyperparameters, world_size: 
     batches = [dummy_batches(seq_len, accum, device, seed=i) for i in range(hp.bench_steps)]
     if on_gpu(device):
         torch.cuda.reset_peak_memory_stats(device)
-    step_ms = [timed(device, lambda b=b: train_step(model, forward, optimizers, b, step, hp, world_size))
+    step_ms = [timed(device, lambda b=b: train_step(model, forward, optimizers, b, step, hp, world_size, mtp_table))
                for b in batches]
     median, lo, hi = sorted(step_ms)[len(step_ms) // 2], min(step_ms), max(step_ms)
     phases = PhaseTimer(device)
-    train_step(model, forward, optimizers, batches[0], step, hp, world_size, phase=phases)
+    train_step(model, forward, optimizers, batches[0], step, hp, world_size, mtp_table, phase=phases)
     matmul, attention = flops_per_token(model, batches[0][0][0], windows_at(step, hp))
     tokens = hp.slices_per_step * seq_len
     peak = matmul_tflops(device)
@@ -1868,7 +1905,7 @@ def benchmark(model: GPT, forward, optimizers, hp: Hyperparameters, world_size: 
         profiled = min(3, len(batches))
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
                                                 torch.profiler.ProfilerActivity.CUDA]) as prof:
-            wall_ms = timed(device, lambda: [train_step(model, forward, optimizers, b, step, hp, world_size)
+            wall_ms = timed(device, lambda: [train_step(model, forward, optimizers, b, step, hp, world_size, mtp_table)
                                              for b in batches[:profiled]])
         prof.export_chrome_trace(hp.bench_trace)
         # Device kernels only: an operator's row repeats the time of the kernels it launched.
@@ -1963,9 +2000,10 @@ def train(hp: Hyperparameters, rank: int, world_size: int, device: torch.device,
     use_compile_cache(hp.compile_cache)
     forward = torch.compile(model, dynamic=False) if on_gpu(device) and hp.compile else model
     optimizers = build_optimizers(model, hp, rank, world_size)
+    mtp_table = mtp_weight_tensors(hp, device)
     if hp.bench_steps:
-        warmup_kernels(model, forward, optimizers, hp, rank, world_size, device, log)
-        benchmark(model, forward, optimizers, hp, world_size, device, log)
+        warmup_kernels(model, forward, optimizers, hp, rank, world_size, device, log, mtp_table)
+        benchmark(model, forward, optimizers, hp, world_size, device, log, mtp_table)
         return float("nan")
     # All input is read and checked before the minutes of compiling that warm-up takes.
     loader = TrainLoader(hp.train_files, rank, world_size, hp.slices_per_step, hp.align_to_bos, device,
@@ -1974,7 +2012,7 @@ def train(hp: Hyperparameters, rank: int, world_size: int, device: torch.device,
     log(f"train_data:{train_fingerprint(loader.files)}")
     log(f"val_data:{hashlib.sha256(val_tokens.numpy().tobytes()).hexdigest()}")
     ckpt = read_checkpoint(hp.resume, hp) if hp.resume else None
-    warmup_kernels(model, forward, optimizers, hp, rank, world_size, device, log)
+    warmup_kernels(model, forward, optimizers, hp, rank, world_size, device, log, mtp_table)
     start_step, train_time_ms, tokens_seen = 0, 0.0, 0
     if ckpt is not None:
         restore_checkpoint(ckpt, model, optimizers, loader)
@@ -2011,7 +2049,7 @@ def train(hp: Hyperparameters, rank: int, world_size: int, device: torch.device,
         if step >= untie_step(hp):
             model.tied = False
         seq_len = seq_len_at(step, hp)
-        loss = train_step(model, forward, optimizers, loader.next_batch(seq_len), step, hp, world_size)
+        loss = train_step(model, forward, optimizers, loader.next_batch(seq_len), step, hp, world_size, mtp_table)
         if loader.epoch != epoch:
             epoch = loader.epoch
             log(f"info:data wrapped around: step {step + 1} starts pass {epoch + 1} over {hp.train_files}")
