@@ -1373,8 +1373,8 @@ class Hyperparameters:
     lr_stage_muls: str = "1.0,1.52,1.73"  # lr multiplier per batch stage (one per --seq_lens entry): ~sqrt(batch)
     cooldown_frac: float = 0.6  # the last 60% of steps decay the learning rates linearly ...
     final_lr_frac: float = 0.15  # ... to this fraction
-    # multi-token prediction; upstream's record of 2025-12-22 is 1:0.5:0.25>0,1:0.5>0,1 (its 3 batch stages)
-    mtp_weights: str = "1"  # per equal stage: loss weights of the targets 1, 2, ... ahead (':'); a>b: a to b
+    # multi-token prediction; upstream's record of 2025-12-22 is 1:0.5:0.25..0,1:0.5..0,1 (its 3 batch stages)
+    mtp_weights: str = "1"  # per equal stage: loss weights of the targets 1, 2, ... ahead (':'); a..b: a to b
     # run
     val_every: int = 125  # validate every this many steps (0: only at the end)
     warmup_steps: int = 10  # kernel warm-up steps per batch shape, on dummy data, before the timed region
@@ -1433,9 +1433,9 @@ class Hyperparameters:
                 "must be comma-separated positive numbers")
         require(len(self.lr_stage_mul_list) == len(self.seq_len_stages), "lr_stage_muls",
                 "needs one multiplier per --seq_lens stage")
-        weight = r"[0-9]*\.?[0-9]+(>[0-9]*\.?[0-9]+)?"
+        weight = r"[0-9]*\.?[0-9]+(\.\.[0-9]*\.?[0-9]+)?"
         require(re.fullmatch(rf"{weight}(:{weight})*(,{weight}(:{weight})*)*", self.mtp_weights) is not None,
-                "mtp_weights", "must be comma-separated stages of ':'-separated non-negative weights, each w or a>b")
+                "mtp_weights", "must be comma-separated stages of ':'-separated non-negative weights, each w or a..b")
         require(self.val_tokens % self.val_seq_len == 0, "val_tokens", "must be a multiple of --val_seq_len")
         require(bool(self.bench_steps) or not self.bench_trace, "bench_trace", "needs --bench_steps")
 
@@ -1455,7 +1455,7 @@ class Hyperparameters:
     @property
     def mtp_stages(self) -> list[list[tuple[float, float]]]:
         """Per equal stage of training, per target 1, 2, ... tokens ahead: its weight at the stage's start and end."""
-        return [[(float(w.split(">")[0]), float(w.split(">")[-1])) for w in stage.split(":")]
+        return [[(float(w.split("..")[0]), float(w.split("..")[-1])) for w in stage.split(":")]
                 for stage in self.mtp_weights.split(",")]
 
     @property

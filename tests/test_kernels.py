@@ -299,6 +299,17 @@ def test_softcap_cross_entropy_is_exact_when_evaluating(monkeypatch):
     assert seen == [True, False]  # on CPU the torch definition runs
 
 
+def test_dispatcher_hands_the_multi_token_weights_to_the_kernels(monkeypatch):
+    """On CUDA the given weights reach the op; no weights is weight 1 on one target, the next-token loss."""
+    seen = []
+    monkeypatch.setattr(T, "softcap_cross_entropy_triton", lambda *args: seen.append(args[2]) or (0.0, None))
+    monkeypatch.setattr(T, "on_gpu", lambda x: True)
+    weights = torch.tensor([1.0, 0.5])
+    T.softcap_cross_entropy(torch.randn(4, 8), torch.zeros(4, dtype=torch.long), TANH_15, weights)
+    T.softcap_cross_entropy(torch.randn(4, 8), torch.zeros(4, dtype=torch.long), TANH_15)
+    assert seen[0] is weights and torch.equal(seen[1], torch.ones(1))
+
+
 RELU_SQ_SMALL_TILES = {"forward": (16, 32, 16, 4, 2), "backward": (32, 16, 16, 4, 2)}  # several blocks, ragged edges
 
 

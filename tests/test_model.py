@@ -295,7 +295,7 @@ def test_schedules():
 def test_multi_token_weights_follow_the_schedule():
     """Upstream's record schedule [1, 0.5, 0.25->0] -> [1, 0.5->0] -> [1] in thirds of training, written as its
     rule in x = step / steps, padded to three weights; the default is the next-token loss, no table at all."""
-    hp = tg.parse_args(["--num_iterations=90", "--mtp_weights=1:0.5:0.25>0,1:0.5>0,1"])
+    hp = tg.parse_args(["--num_iterations=90", "--mtp_weights=1:0.5:0.25..0,1:0.5..0,1"])
 
     def rule(step):
         x = step / 90
@@ -306,10 +306,10 @@ def test_multi_token_weights_follow_the_schedule():
     table = tg.mtp_weight_tensors(hp, "cpu")
     assert len(table) == 90 and all(t.shape == (3,) and t.dtype == torch.float32 for t in table)
     assert table[15].tolist() == pytest.approx(rule(15))
-    assert tg.parse_args(["--mtp_weights=2:1>3"]).mtp_stages == [[(2.0, 2.0), (1.0, 3.0)]]
+    assert tg.parse_args(["--mtp_weights=2:1..3"]).mtp_stages == [[(2.0, 2.0), (1.0, 3.0)]]
     assert tg.mtp_weight_tensors(tg.parse_args([]), "cpu") is None
     assert tg.mtp_weight_tensors(tg.parse_args(["--mtp_weights=1,1"]), "cpu") is None
-    for bad in ("", "1:", "1>", "-1", "1;2", "1:0.5>x", "1,,1"):
+    for bad in ("", "1:", "1..", "-1", "1;2", "1:0.5..x", "1,,1", "1>0", "1...0..2"):
         with pytest.raises(ValueError, match="--mtp_weights"):
             tg.parse_args([f"--mtp_weights={bad}"])
 

@@ -14,7 +14,7 @@ def shards(tmp_path_factory):
 SCHEDULE_FLAGS = ["--num_iterations=12", "--warmup_steps=0", "--val_every=0", "--lr_warmup_steps=2",
                   "--cooldown_frac=0.5", "--final_lr_frac=0.2", "--momentum_warmup_frac=0.5", "--untie_frac=0.5",
                   "--window_blocks=1:1,1:2,2:4,3:5", "--momentum_cooldown_frac=0.25", "--seq_lens=128,256",
-                  "--lr_stage_muls=1.0,1.5", "--mtp_weights=1:0.5:0.25>0,1:0.5>0,1"]
+                  "--lr_stage_muls=1.0,1.5", "--mtp_weights=1:0.5:0.25..0,1:0.5..0,1"]
 
 
 @pytest.fixture(scope="module")
