@@ -273,9 +273,19 @@ def softcap(logits: torch.Tensor, cap: LogitCap) -> torch.Tensor:
     return cap.scale * torch.tanh((logits + cap.shift) / cap.width) + cap.offset
 
 
-def softcap_cross_entropy_torch(logits: torch.Tensor, targets: torch.Tensor, cap: LogitCap) -> torch.Tensor:
-    """logits: (T, V), targets: (T,) int64 -> mean cross-entropy of softcap(logits), fp32 scalar."""
-    return F.cross_entropy(softcap(logits.float(), cap), targets)
+def softcap_cross_entropy_torch(logits: torch.Tensor, targets: torch.Tensor, cap: LogitCap,
+                                weights: torch.Tensor | None = None) -> torch.Tensor:
+    """logits: (T, V), targets: (T,) int64 -> fp32 scalar: the mean cross-entropy of softcap(logits). With weights:
+    (K,), multi-token prediction: the mean over rows t of Σ_k weights[k]·CE(softcap(logits[t]), targets[t + k]),
+    where targets past the end of the sequence weigh 0."""
+    z = softcap(logits.float(), cap)
+    if weights is None:
+        return F.cross_entropy(z, targets)
+    T, K = targets.numel(), weights.numel()
+    ahead = F.pad(targets, (0, K - 1)).unfold(0, K, 1)  # (T, K): targets[t + k], padding past the end
+    inside = torch.arange(T, device=z.device)[:, None] + torch.arange(K, device=z.device) < T  # (T, K)
+    losses = z.logsumexp(-1, keepdim=True) - z.gather(1, ahead)  # (T, K)
+    return (losses * weights).masked_fill(~inside, 0.0).sum() / T
 
 
 @triton.jit
@@ -290,10 +300,11 @@ def _tanh(x, FAST: tl.constexpr):
 
 
 @triton.jit
-def _softcap_ce_forward_kernel(L, targets, lse, losses, V, stride_l, shift, width, scale, offset,
-                               BLOCK_V: tl.constexpr, FAST_TANH: tl.constexpr):
-    """One row of L: (T, V) per program: lse[row] = log Σ exp(z), losses[row] = lse - z[target], z = softcap(L).
-    Capped logits lie in [offset - scale, offset + scale], so exp cannot overflow and one pass with no running max
+def _softcap_ce_forward_kernel(L, targets, weights, lse, losses, T, V, stride_l, shift, width, scale, offset,
+                               K: tl.constexpr, BLOCK_V: tl.constexpr, FAST_TANH: tl.constexpr):
+    """One row of L: (T, V) per program: lse[row] = log Σ exp(z), z = softcap(L), and losses[row] =
+    Σ_k weights[k]·(lse - z[targets[row + k]]) over the K targets ahead that lie inside the sequence. Capped
+    logits lie in [offset - scale, offset + scale], so exp cannot overflow and one pass with no running max
     suffices."""
     row = tl.program_id(0).to(tl.int64)
     total = tl.zeros((BLOCK_V,), dtype=tl.float32)
@@ -303,24 +314,38 @@ def _softcap_ce_forward_kernel(L, targets, lse, losses, V, stride_l, shift, widt
         z = scale * _tanh((x + shift) / width, FAST_TANH) + offset
         total += tl.where(cols < V, tl.exp(z), 0.0)
     row_lse = tl.log(tl.sum(total, axis=0))
-    x_target = tl.load(L + row * stride_l + tl.load(targets + row)).to(tl.float32)
+    loss = 0.0
+    for k in tl.static_range(K):
+        inside = row + k < T
+        x_target = tl.load(L + row * stride_l + tl.load(targets + row + k, mask=inside, other=0)).to(tl.float32)
+        z_target = scale * _tanh((x_target + shift) / width, FAST_TANH) + offset
+        loss += tl.where(inside, tl.load(weights + k) * (row_lse - z_target), 0.0)
     tl.store(lse + row, row_lse)
-    tl.store(losses + row, row_lse - (scale * _tanh((x_target + shift) / width, FAST_TANH) + offset))
+    tl.store(losses + row, loss)
 
 
 @triton.jit
-def _softcap_ce_backward_kernel(L, G, targets, lse, grad_loss, V, stride_l, stride_g, inv_T, shift, width, scale,
-                                offset, BLOCK_V: tl.constexpr, FAST_TANH: tl.constexpr):
-    """G[row] = grad_loss / T · (softmax(z) - onehot(target)) · scale / width · (1 - tanh²), z = softcap(L), in
-    G's dtype."""
+def _softcap_ce_backward_kernel(L, G, targets, weights, lse, grad_loss, T, V, stride_l, stride_g, inv_T, shift,
+                                width, scale, offset, K: tl.constexpr, BLOCK_V: tl.constexpr,
+                                FAST_TANH: tl.constexpr):
+    """G[row] = grad_loss / T · (softmax(z)·Σ_k w_k - Σ_k w_k·onehot(targets[row + k])) · scale / width ·
+    (1 - tanh²), z = softcap(L), w_k = weights[k] for the targets inside the sequence and 0 past its end, in G's
+    dtype."""
     row = tl.program_id(0).to(tl.int64)
-    row_lse, target = tl.load(lse + row), tl.load(targets + row)
+    row_lse = tl.load(lse + row)
+    weight_sum = 0.0
+    for k in tl.static_range(K):
+        weight_sum += tl.where(row + k < T, tl.load(weights + k), 0.0)
     g = tl.load(grad_loss).to(tl.float32) * inv_T * (scale / width)
     for start in range(0, V, BLOCK_V):
         cols = start + tl.arange(0, BLOCK_V)
         x = tl.load(L + row * stride_l + cols, mask=cols < V, other=0.0).to(tl.float32)
         t = _tanh((x + shift) / width, FAST_TANH)
-        d = tl.exp(scale * t + offset - row_lse) - tl.where(cols == target, 1.0, 0.0)
+        hits = tl.zeros((BLOCK_V,), dtype=tl.float32)
+        for k in tl.static_range(K):  # -1 past the end matches no column
+            target = tl.load(targets + row + k, mask=row + k < T, other=-1)
+            hits += tl.where(cols == target, tl.load(weights + k), 0.0)
+        d = tl.exp(scale * t + offset - row_lse) * weight_sum - hits
         tl.store(G + row * stride_g + cols, (g * d * (1 - t * t)).to(G.dtype.element_ty), mask=cols < V)
 
 
@@ -328,67 +353,74 @@ CE_BLOCK_V = 2048  # vocabulary columns per loop iteration of the cross-entropy 
 
 
 @torch.library.custom_op("train_gpt::softcap_cross_entropy", mutates_args=())
-def softcap_cross_entropy_triton(logits: torch.Tensor, targets: torch.Tensor, shift: float, width: float,
-                                 scale: float, offset: float, fast_tanh: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits: (T, V) with unit stride along V, targets: (T,) int64, a LogitCap's four numbers -> (mean capped
-    cross-entropy, an fp32 scalar; lse: (T,) fp32, kept for the backward, which reads the logits once and writes
+def softcap_cross_entropy_triton(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, shift: float,
+                                 width: float, scale: float, offset: float,
+                                 fast_tanh: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits: (T, V) with unit stride along V, targets: (T,) int64, weights: (K,) fp32 on the logits' device (a
+    tensor, so new weights do not recompile), a LogitCap's four numbers -> (mean over rows of the weighted capped
+    cross-entropies, an fp32 scalar; lse: (T,) fp32, kept for the backward, which reads the logits once and writes
     their gradient once). An op opaque to torch.compile, so the Triton kernels are called as written, without a
     graph break."""
     T, V = logits.shape
     lse = torch.empty(T, dtype=torch.float32, device=logits.device)
     losses = torch.empty_like(lse)
-    _softcap_ce_forward_kernel[(T,)](logits, targets, lse, losses, V, logits.stride(0), shift, width, scale, offset,
-                                     BLOCK_V=CE_BLOCK_V, FAST_TANH=fast_tanh, num_warps=8)
+    _softcap_ce_forward_kernel[(T,)](logits, targets, weights, lse, losses, T, V, logits.stride(0), shift, width,
+                                     scale, offset, K=weights.numel(), BLOCK_V=CE_BLOCK_V, FAST_TANH=fast_tanh,
+                                     num_warps=8)
     return losses.mean(), lse
 
 
 @softcap_cross_entropy_triton.register_fake
-def _(logits, targets, shift, width, scale, offset, fast_tanh):
+def _(logits, targets, weights, shift, width, scale, offset, fast_tanh):
     return logits.new_empty((), dtype=torch.float32), logits.new_empty(logits.shape[0], dtype=torch.float32)
 
 
 @torch.library.custom_op("train_gpt::softcap_cross_entropy_backward", mutates_args=())
 def softcap_cross_entropy_backward(grad_loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
-                                   lse: torch.Tensor, shift: float, width: float, scale: float, offset: float,
-                                   fast_tanh: bool) -> torch.Tensor:
+                                   weights: torch.Tensor, lse: torch.Tensor, shift: float, width: float, scale: float,
+                                   offset: float, fast_tanh: bool) -> torch.Tensor:
     """-> the gradient of the logits: (T, V) in their dtype."""
     T, V = logits.shape
     grad = torch.empty_like(logits)
-    _softcap_ce_backward_kernel[(T,)](logits, grad, targets, lse, grad_loss.contiguous(), V, logits.stride(0),
-                                      grad.stride(0), 1.0 / T, shift, width, scale, offset, BLOCK_V=CE_BLOCK_V,
-                                      FAST_TANH=fast_tanh, num_warps=8)
+    _softcap_ce_backward_kernel[(T,)](logits, grad, targets, weights, lse, grad_loss.contiguous(), T, V,
+                                      logits.stride(0), grad.stride(0), 1.0 / T, shift, width, scale, offset,
+                                      K=weights.numel(), BLOCK_V=CE_BLOCK_V, FAST_TANH=fast_tanh, num_warps=8)
     return grad
 
 
 @softcap_cross_entropy_backward.register_fake
-def _(grad_loss, logits, targets, lse, shift, width, scale, offset, fast_tanh):
+def _(grad_loss, logits, targets, weights, lse, shift, width, scale, offset, fast_tanh):
     return torch.empty_like(logits)
 
 
 def _softcap_cross_entropy_save(ctx, inputs, output):
-    logits, targets, *ctx.constants = inputs  # shift, width, scale, offset, fast_tanh
-    ctx.save_for_backward(logits, targets, output[1])
+    logits, targets, weights, *ctx.constants = inputs  # shift, width, scale, offset, fast_tanh
+    ctx.save_for_backward(logits, targets, weights, output[1])
 
 
 def _softcap_cross_entropy_grads(ctx, grad_loss, _grad_lse):  # lse is returned only to be saved
     grad = softcap_cross_entropy_backward(grad_loss, *ctx.saved_tensors, *ctx.constants)
-    return grad, None, None, None, None, None, None
+    return grad, None, None, None, None, None, None, None
 
 
 softcap_cross_entropy_triton.register_autograd(_softcap_cross_entropy_grads,
                                                setup_context=_softcap_cross_entropy_save)
 
 
-def softcap_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, cap: LogitCap) -> torch.Tensor:
-    """logits: (T, V), targets: (T,) int64 -> mean cross-entropy of softcap(logits, cap). On CUDA the fused
-    kernels, with the approximate tanh instruction while autograd records; evaluation under no_grad keeps the
-    exact tanh, so validation losses carry no approximation error."""
+def softcap_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, cap: LogitCap,
+                          weights: torch.Tensor | None = None) -> torch.Tensor:
+    """logits: (T, V), targets: (T,) int64, weights: (K,) fp32 or None (next-token loss) -> the loss
+    softcap_cross_entropy_torch defines. On CUDA the fused kernels, with the approximate tanh instruction while
+    autograd records; evaluation under no_grad keeps the exact tanh, so validation losses carry no approximation
+    error. The next-token loss is weight 1 on one target ahead: the kernels' products with 1.0 are exact."""
     if not on_gpu(logits):
-        return softcap_cross_entropy_torch(logits, targets, cap)
+        return softcap_cross_entropy_torch(logits, targets, cap, weights)
     if cap.offset + cap.scale > 60:
         raise ValueError(f"logit cap {cap}: logits up to {cap.offset + cap.scale} > 60, exp would overflow the "
                          f"kernel's single fp32 pass")
-    return softcap_cross_entropy_triton(logits, targets.contiguous(), *cap, torch.is_grad_enabled())[0]
+    if weights is None:
+        weights = torch.ones(1, dtype=torch.float32, device=logits.device)
+    return softcap_cross_entropy_triton(logits, targets.contiguous(), weights, *cap, torch.is_grad_enabled())[0]
 
 
 def relu_sq_mlp_torch(x: torch.Tensor, fc: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
@@ -1263,8 +1295,11 @@ class GPT(nn.Module):
         self.tied = True
         self.fp8_head, self.micro_steps = hp.fp8_head, micro_steps
 
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, windows: dict) -> torch.Tensor:
-        """inputs: (T,) int32, targets: (T,) int64, windows: kind ('S'/'L') -> window_tensor. Returns mean loss."""
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, windows: dict,
+                mtp_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """inputs: (T,) int32, targets: (T,) int64, windows: kind ('S'/'L') -> window_tensor, mtp_weights: (K,) fp32
+        or None. Returns the mean next-token loss, or with mtp_weights the mean over t of Σ_k w_k·CE(logits_t,
+        targets[t + k]): multi-token prediction from the one head."""
         masks = {kind: attention_mask(inputs, window) for kind, window in windows.items()}
         e = self.embed(inputs).bfloat16()  # (T, D)
         if self.smear:  # each token's embedding takes a gated share of the previous token's
@@ -1290,7 +1325,7 @@ class GPT(nn.Module):
             logits = fp8_matmul(x, self.lm_head, FP8_HEAD_X_SCALE, FP8_HEAD_W_SCALE, grad_scale)
         else:
             logits = x @ self.lm_head.bfloat16()  # (T, V)
-        return softcap_cross_entropy(logits, targets, self.logit_cap)
+        return softcap_cross_entropy(logits, targets, self.logit_cap, mtp_weights)
 
     def tie_gradients(self) -> None:
         """While tied, the embedding's gradient belongs to the LM head: add it, transposed, and drop it."""
@@ -1547,6 +1582,8 @@ class Hyperparameters:
     lr_stage_muls: str = "1.0,1.52,1.73"  # lr multiplier per batch stage (one per --seq_lens entry): ~sqrt(batch)
     cooldown_frac: float = 0.6  # the last 60% of steps decay the learning rates linearly ...
     final_lr_frac: float = 0.15  # ... to this fraction
+    # multi-token prediction; upstream's record of 2025-12-22 is 1:0.5:0.25..0,1:0.5..0,1 (its 3 batch stages)
+    mtp_weights: str = "1"  # per equal stage: loss weights of the targets 1, 2, ... ahead (':'); a..b: a to b
     # run
     val_every: int = 125  # validate every this many steps (0: only at the end)
     warmup_steps: int = 10  # kernel warm-up steps per batch shape, on dummy data, before the timed region
@@ -1612,6 +1649,9 @@ class Hyperparameters:
                 "must be comma-separated positive numbers")
         require(len(self.lr_stage_mul_list) == len(self.seq_len_stages), "lr_stage_muls",
                 "needs one multiplier per --seq_lens stage")
+        weight = r"[0-9]*\.?[0-9]+(\.\.[0-9]*\.?[0-9]+)?"
+        require(re.fullmatch(rf"{weight}(:{weight})*(,{weight}(:{weight})*)*", self.mtp_weights) is not None,
+                "mtp_weights", "must be comma-separated stages of ':'-separated non-negative weights, each w or a..b")
         require(self.val_tokens % self.val_seq_len == 0, "val_tokens", "must be a multiple of --val_seq_len")
         require(bool(self.bench_steps) or not self.bench_trace, "bench_trace", "needs --bench_steps")
 
@@ -1632,6 +1672,12 @@ class Hyperparameters:
     def val_windows(self) -> tuple[int, int] | None:
         """(short, long) window in 128-token blocks of the validation after the last step; None: the last stage's."""
         return tuple(int(b) for b in self.val_window_blocks.split(":")) if self.val_window_blocks else None
+
+    @property
+    def mtp_stages(self) -> list[list[tuple[float, float]]]:
+        """Per equal stage of training, per target 1, 2, ... tokens ahead: its weight at the stage's start and end."""
+        return [[(float(w.split("..")[0]), float(w.split("..")[-1])) for w in stage.split(":")]
+                for stage in self.mtp_weights.split(",")]
 
     @property
     def max_seq_len(self) -> int:
@@ -1867,6 +1913,25 @@ def set_yarn(model: GPT, step: int, hp: Hyperparameters) -> None:
     model.rotary.set_yarn(*yarn_at(step, hp))
 
 
+def mtp_weights_at(step: int, hp: Hyperparameters) -> list[float]:
+    """Multi-token prediction's loss weights of the targets 1, 2, ... tokens ahead: each moves linearly from its
+    stage's start value to its end value across the stage, zero-padded to the longest stage's count so their shape,
+    and the compiled graph, stay the same all run."""
+    stages = hp.mtp_stages
+    i = stage_at(step, hp, len(stages))
+    t = min(step * len(stages) / hp.num_iterations - i, 1.0)  # progress through stage i
+    weights = [a + (b - a) * t for a, b in stages[i]]
+    return weights + [0.0] * (max(map(len, stages)) - len(weights))
+
+
+def mtp_weight_tensors(hp: Hyperparameters, device) -> list[torch.Tensor] | None:
+    """mtp_weights_at for every step as (K,) fp32 tensors on the device, made once before training, so no step
+    waits on a host-to-device copy; None for the plain next-token loss (weight 1 on one target all run)."""
+    if all(stage == [(1.0, 1.0)] for stage in hp.mtp_stages):
+        return None
+    return [torch.tensor(mtp_weights_at(step, hp), device=device) for step in range(hp.num_iterations)]
+
+
 def untie_step(hp: Hyperparameters) -> int:
     """The first step at which the embedding and the LM head are trained as two matrices."""
     return int(hp.untie_frac * hp.num_iterations)
@@ -1948,17 +2013,19 @@ class PhaseTimer:
 
 
 def train_step(model: GPT, forward, optimizers, batches, step: int, hp: Hyperparameters, world_size: int,
-               phase=no_phases) -> torch.Tensor:
+               mtp_table: list | None, phase=no_phases) -> torch.Tensor:
     """One optimizer step over this rank's slices (len(batches) = gradient-accumulation micro-steps), the one
-    used by training, warm-up and the benchmark (which times its phases). Returns the mean training loss over all
-    slices of all ranks, as a tensor (no host sync)."""
+    used by training, warm-up and the benchmark (which times its phases). mtp_table: mtp_weight_tensors. Returns
+    the mean training loss over all slices of all ranks (with MTP, the weighted sum over targets ahead), as a
+    tensor (no host sync)."""
     windows = window_tensors(step, hp, batches[0][0].device)
     set_yarn(model, step, hp)
+    mtp_weights = mtp_table[step] if mtp_table is not None else None
     total = torch.zeros((), device=batches[0][0].device)
     for i, (inputs, targets) in enumerate(batches):
         set_grad_sync(optimizers, i == len(batches) - 1)
         with phase("forward"):
-            loss = forward(inputs, targets, windows)
+            loss = forward(inputs, targets, windows, mtp_weights)
         with phase("backward"):
             (loss / len(batches)).backward()
         total += loss.detach() / len(batches)
@@ -1997,7 +2064,7 @@ def dummy_batches(seq_len: int, count: int, device, seed: int = 0) -> list:
 
 
 def warmup_kernels(model: GPT, forward, optimizers, hp: Hyperparameters, rank: int, world_size: int, device,
-                   log: Logger):
+                   log: Logger, mtp_table: list | None):
     """Compile and autotune every batch shape on dummy data, then restore the initial model and optimizer state,
     so the timed run starts exactly where an un-warmed run would."""
     model_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -2006,7 +2073,7 @@ def warmup_kernels(model: GPT, forward, optimizers, hp: Hyperparameters, rank: i
     for seq_len in hp.seq_len_stages:
         t0 = time.perf_counter()
         for _ in range(hp.warmup_steps):
-            train_step(model, forward, optimizers, dummy_batches(seq_len, accum, device), 0, hp, world_size)
+            train_step(model, forward, optimizers, dummy_batches(seq_len, accum, device), 0, hp, world_size, mtp_table)
         synchronize(device)
         log(f"info:warmup seq_len:{seq_len} steps:{hp.warmup_steps} seconds:{time.perf_counter() - t0:.1f}")
     if hp.warmup_steps:
@@ -2065,7 +2132,8 @@ def timed(device, fn) -> float:
     return 1000 * (time.perf_counter() - t0)
 
 
-def benchmark(model: GPT, forward, optimizers, hp: Hyperparameters, world_size: int, device, log: Logger):
+def benchmark(model: GPT, forward, optimizers, hp: Hyperparameters, world_size: int, device, log: Logger,
+              mtp_table: list | None):
     """Full training steps at the final batch size on synthetic documents: ms per step, tokens/s, MFU against
     the measured matmul rate, peak memory, and where the time goes."""
     step = hp.num_iterations - 1  # the final stage: largest batch and windows
@@ -2073,11 +2141,11 @@ def benchmark(model: GPT, forward, optimizers, hp: Hyperparameters, world_size: 
     batches = [dummy_batches(seq_len, accum, device, seed=i) for i in range(hp.bench_steps)]
     if on_gpu(device):
         torch.cuda.reset_peak_memory_stats(device)
-    step_ms = [timed(device, lambda b=b: train_step(model, forward, optimizers, b, step, hp, world_size))
+    step_ms = [timed(device, lambda b=b: train_step(model, forward, optimizers, b, step, hp, world_size, mtp_table))
                for b in batches]
     median, lo, hi = sorted(step_ms)[len(step_ms) // 2], min(step_ms), max(step_ms)
     phases = PhaseTimer(device)
-    train_step(model, forward, optimizers, batches[0], step, hp, world_size, phase=phases)
+    train_step(model, forward, optimizers, batches[0], step, hp, world_size, mtp_table, phase=phases)
     matmul, attention = flops_per_token(model, batches[0][0][0], windows_at(step, hp))
     tokens = hp.slices_per_step * seq_len
     peak = matmul_tflops(device)
@@ -2096,7 +2164,7 @@ def benchmark(model: GPT, forward, optimizers, hp: Hyperparameters, world_size: 
         profiled = min(3, len(batches))
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
                                                 torch.profiler.ProfilerActivity.CUDA]) as prof:
-            wall_ms = timed(device, lambda: [train_step(model, forward, optimizers, b, step, hp, world_size)
+            wall_ms = timed(device, lambda: [train_step(model, forward, optimizers, b, step, hp, world_size, mtp_table)
                                              for b in batches[:profiled]])
         prof.export_chrome_trace(hp.bench_trace)
         # Device kernels only: an operator's row repeats the time of the kernels it launched.
@@ -2191,9 +2259,10 @@ def train(hp: Hyperparameters, rank: int, world_size: int, device: torch.device,
     use_compile_cache(hp.compile_cache)
     forward = torch.compile(model, dynamic=False) if on_gpu(device) and hp.compile else model
     optimizers = build_optimizers(model, hp, rank, world_size)
+    mtp_table = mtp_weight_tensors(hp, device)
     if hp.bench_steps:
-        warmup_kernels(model, forward, optimizers, hp, rank, world_size, device, log)
-        benchmark(model, forward, optimizers, hp, world_size, device, log)
+        warmup_kernels(model, forward, optimizers, hp, rank, world_size, device, log, mtp_table)
+        benchmark(model, forward, optimizers, hp, world_size, device, log, mtp_table)
         return float("nan")
     # All input is read and checked before the minutes of compiling that warm-up takes.
     loader = TrainLoader(hp.train_files, rank, world_size, hp.slices_per_step, hp.align_to_bos, device,
@@ -2202,7 +2271,7 @@ def train(hp: Hyperparameters, rank: int, world_size: int, device: torch.device,
     log(f"train_data:{train_fingerprint(loader.files)}")
     log(f"val_data:{hashlib.sha256(val_tokens.numpy().tobytes()).hexdigest()}")
     ckpt = read_checkpoint(hp.resume, hp) if hp.resume else None
-    warmup_kernels(model, forward, optimizers, hp, rank, world_size, device, log)
+    warmup_kernels(model, forward, optimizers, hp, rank, world_size, device, log, mtp_table)
     start_step, train_time_ms, tokens_seen = 0, 0.0, 0
     if ckpt is not None:
         restore_checkpoint(ckpt, model, optimizers, loader)
@@ -2239,7 +2308,7 @@ def train(hp: Hyperparameters, rank: int, world_size: int, device: torch.device,
         if step >= untie_step(hp):
             model.tied = False
         seq_len = seq_len_at(step, hp)
-        loss = train_step(model, forward, optimizers, loader.next_batch(seq_len), step, hp, world_size)
+        loss = train_step(model, forward, optimizers, loader.next_batch(seq_len), step, hp, world_size, mtp_table)
         if loader.epoch != epoch:
             epoch = loader.epoch
             log(f"info:data wrapped around: step {step + 1} starts pass {epoch + 1} over {hp.train_files}")

@@ -7,6 +7,7 @@ import numpy as np
 
 import pytest
 import torch
+import torch.nn.functional as F
 import triton.language as tl
 
 import train_gpt as T
@@ -158,13 +159,15 @@ TANH_15 = T.LogitCap.parse("tanh:15")
 
 
 def check_softcap_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, cap: T.LogitCap = TANH_15,
-                                fast_tanh: bool = False, loss_tol: float = 1e-4, op=None):
-    """Loss and gradient of the Triton pair against autograd through the torch definition, in fp64."""
+                                fast_tanh: bool = False, loss_tol: float = 1e-4, op=None, weights=None):
+    """Loss and gradient of the Triton pair against autograd through the torch definition, in fp64. weights=None
+    is the next-token loss, weight 1 on one target ahead for the kernels."""
     x = logits.clone().requires_grad_()
-    loss = (op or T.softcap_cross_entropy_triton)(x, targets, *cap, fast_tanh)[0]
+    kernel_weights = torch.ones(1, device=logits.device) if weights is None else weights
+    loss = (op or T.softcap_cross_entropy_triton)(x, targets, kernel_weights, *cap, fast_tanh)[0]
     (3.0 * loss).backward()  # a non-unit upstream gradient
     ref_x = logits.double().requires_grad_()
-    ref = T.softcap_cross_entropy_torch(ref_x, targets, cap)
+    ref = T.softcap_cross_entropy_torch(ref_x, targets, cap, weights)
     (3.0 * ref).backward()
     assert abs(loss.item() - ref.item()) < loss_tol * abs(ref.item())
     assert x.grad.dtype == logits.dtype and x.grad.shape == logits.shape
@@ -176,6 +179,65 @@ def test_softcap_cross_entropy_matches_torch(dtype, monkeypatch):
     monkeypatch.setattr(T, "CE_BLOCK_V", 64)  # 300 = 4 full blocks and a ragged one
     logits = (torch.randn(37, 300) * 20).to(dtype)  # large logits: the cap matters
     check_softcap_cross_entropy(logits, torch.randint(0, 300, (37,)))
+
+
+MTP_WEIGHTS = {1: [0.7], 2: [1.0, 0.5], 3: [1.0, 0.5, 0.25]}  # distinct weights: a swapped pair shows
+
+
+def repeating_targets(T: int, V: int, seed: int) -> torch.Tensor:
+    """Random targets with a run of three equal ones, so two targets ahead of one row hit the same column."""
+    targets = torch.randint(0, V, (T,), generator=torch.Generator().manual_seed(seed))
+    targets[5:8] = targets[5]
+    return targets
+
+
+def test_multi_token_cross_entropy_reference_is_the_sum_of_shifted_losses():
+    """The torch definition against the loss written one shift at a time: row t, target t + k, the last k rows of
+    shift k dropped, each weighted, summed and divided by T; and weight 1 on one target is the next-token loss."""
+    logits, targets = torch.randn(23, 40, dtype=torch.float64) * 20, repeating_targets(23, 40, seed=1)
+    z = T.softcap(logits.float(), TANH_15)
+    weights = torch.tensor(MTP_WEIGHTS[3])
+    shifted = sum(w * F.cross_entropy(z[:23 - k], targets[k:], reduction="sum") for k, w in enumerate(weights))
+    torch.testing.assert_close(T.softcap_cross_entropy_torch(logits, targets, TANH_15, weights), shifted / 23)
+    torch.testing.assert_close(T.softcap_cross_entropy_torch(logits, targets, TANH_15, torch.ones(1)),
+                               T.softcap_cross_entropy_torch(logits, targets, TANH_15))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_multi_token_cross_entropy_matches_torch(k, dtype, monkeypatch):
+    """k weighted targets ahead, forward and gradient; the last k - 1 rows reach past the end of the sequence."""
+    monkeypatch.setattr(T, "CE_BLOCK_V", 64)
+    logits = (torch.randn(37, 300) * 20).to(dtype)
+    check_softcap_cross_entropy(logits, repeating_targets(37, 300, seed=k), weights=torch.tensor(MTP_WEIGHTS[k]),
+                                cap=T.LogitCap.parse("sigmoid:23,5,7.5"))
+
+
+def test_zero_weights_ahead_leave_the_next_token_loss_bit_for_bit(monkeypatch):
+    """Weights (1, 0, 0), the record schedule's last stage padded to three targets, give exactly the loss and
+    gradient of weight 1 on one target, which the kernels compute with products by 1.0 (exact): the plain loss."""
+    monkeypatch.setattr(T, "CE_BLOCK_V", 64)
+    logits, targets = torch.randn(29, 130) * 20, repeating_targets(29, 130, seed=4)
+    results = []
+    for weights in ([1.0], [1.0, 0.0, 0.0]):
+        x = logits.clone().requires_grad_()
+        loss = T.softcap_cross_entropy_triton(x, targets, torch.tensor(weights), *TANH_15, False)[0]
+        loss.backward()
+        results.append((loss.detach(), x.grad))
+    (loss_1, grad_1), (loss_3, grad_3) = results
+    assert torch.equal(loss_1, loss_3) and torch.equal(grad_1, grad_3)
+
+
+def test_new_multi_token_weights_do_not_recompile(monkeypatch):
+    """The weights reach the op as a tensor: new values each step reuse the one compiled graph."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+    monkeypatch.setattr(T, "CE_BLOCK_V", 64)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(lambda *a: T.softcap_cross_entropy_triton(*a)[0], backend=counter, dynamic=False)
+    logits, targets = torch.randn(9, 70), torch.randint(0, 70, (9,))
+    losses = [compiled(logits, targets, torch.tensor([1.0, w]), *TANH_15, False) for w in (0.5, 0.25, 0.0)]
+    assert counter.frame_count == 1
+    assert losses[0] > losses[1] > losses[2]  # the new weights were used, not a stale constant
 
 
 def test_sigmoid_logit_cap_is_upstreams_rescale_and_the_kernels_match_it(monkeypatch):
@@ -214,6 +276,16 @@ def test_softcap_cross_entropy_matches_torch_on_gpu(fast_tanh):
                                 loss_tol=1e-3 if fast_tanh else 1e-4)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("fast_tanh", [False, True])
+def test_multi_token_cross_entropy_matches_torch_on_gpu(fast_tanh):
+    """Three weighted targets ahead at the record shape, the record's cap, on CUDA."""
+    logits = (torch.randn(4096, 50304, device="cuda") * 10).bfloat16()
+    check_softcap_cross_entropy(logits, repeating_targets(4096, 50304, seed=0).cuda(), fast_tanh=fast_tanh,
+                                loss_tol=1e-3 if fast_tanh else 1e-4, cap=T.LogitCap.parse("sigmoid:23,5,7.5"),
+                                weights=torch.tensor(MTP_WEIGHTS[3], device="cuda"))
+
+
 def test_softcap_cross_entropy_is_exact_when_evaluating(monkeypatch):
     """The dispatcher takes the tanh instruction only for CUDA logits under autograd: never for evaluation."""
     seen = []
@@ -225,6 +297,17 @@ def test_softcap_cross_entropy_is_exact_when_evaluating(monkeypatch):
         with torch.no_grad():
             T.softcap_cross_entropy(torch.randn(4, 8), targets, TANH_15)
     assert seen == [True, False]  # on CPU the torch definition runs
+
+
+def test_dispatcher_hands_the_multi_token_weights_to_the_kernels(monkeypatch):
+    """On CUDA the given weights reach the op; no weights is weight 1 on one target, the next-token loss."""
+    seen = []
+    monkeypatch.setattr(T, "softcap_cross_entropy_triton", lambda *args: seen.append(args[2]) or (0.0, None))
+    monkeypatch.setattr(T, "on_gpu", lambda x: True)
+    weights = torch.tensor([1.0, 0.5])
+    T.softcap_cross_entropy(torch.randn(4, 8), torch.zeros(4, dtype=torch.long), TANH_15, weights)
+    T.softcap_cross_entropy(torch.randn(4, 8), torch.zeros(4, dtype=torch.long), TANH_15)
+    assert seen[0] is weights and torch.equal(seen[1], torch.ones(1))
 
 
 RELU_SQ_SMALL_TILES = {"forward": (16, 32, 16, 4, 2), "backward": (32, 16, 16, 4, 2)}  # several blocks, ragged edges

@@ -180,11 +180,12 @@ CAPPED = {"tanh:15": lambda l: 15 * torch.tanh(l / 15), "sigmoid:23,5,7.5": lamb
 
 
 def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], freqs: torch.Tensor, scale_gain: float,
-                       logit_cap: str) -> torch.Tensor:
+                       logit_cap: str, mtp_weights: list[float] | None = None) -> torch.Tensor:
     """The whole GPT written out in fp64, each wire spelled out: x0 = norm(embedding); block i first mixes
     a_i·x + b_i·x0; value embedding j feeds blocks j and L - num_ve + j; a second-half block i first adds
     sigmoid(gate)·(output of its mirror block L - 1 - i); every attention rotates by freqs and scales its scores by
-    attn_scale · scale_gain; the head reads norm(x); logits are softcapped."""
+    attn_scale · scale_gain; the head reads norm(x); logits are softcapped. With mtp_weights, position t also
+    predicts the token k + 1 ahead, weight w_k, where the sequence still has one."""
     inputs, targets = tokens[:-1], tokens[1:]
     p = {name: t.detach().double() for name, t in model.named_parameters()}
     L, num_ve = len(model.blocks), len(model.value_embeds)
@@ -208,8 +209,12 @@ def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], fre
                                     scale_gain)
         x = x + torch.relu(rms_norm(x) @ p[f"blocks.{i}.mlp.fc"].T).square() @ p[f"blocks.{i}.mlp.proj"].T
         outputs.append(x)
-    logits = rms_norm(x) @ p["lm_head"]
-    return F.cross_entropy(CAPPED[logit_cap](logits), targets)
+    logits = CAPPED[logit_cap](rms_norm(x) @ p["lm_head"])
+    if mtp_weights is None:
+        return F.cross_entropy(logits, targets)
+    T = len(targets)
+    shifted = [F.cross_entropy(logits[:T - k], targets[k:], reduction="sum") for k in range(len(mtp_weights))]
+    return sum(w * loss for w, loss in zip(mtp_weights, shifted)) / T
 
 
 @pytest.mark.parametrize("logit_cap, bigram_buckets, smear, rope", [
@@ -241,6 +246,25 @@ def test_gpt_forward_matches_the_model_written_out(monkeypatch, logit_cap, bigra
     reference = gpt_reference_loss(model, tokens, windows, freqs, scale_gain, logit_cap)
     # fp32 agrees to ~1e-7; the bound is tight enough that YaRN's stretch of the frequencies (4e-6 here) shows
     assert abs(loss.item() - reference.item()) < 1e-6 * reference.item(), (loss.item(), reference.item())
+
+
+def test_gpt_multi_token_loss_matches_the_model_written_out(monkeypatch):
+    """GPT.forward with three weighted targets ahead against gpt_reference_loss; the weights change the loss."""
+    monkeypatch.setattr(torch.Tensor, "bfloat16", lambda t: t.float())
+    model, hp = tiny_model(logit_cap="sigmoid:23,5,7.5")
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.3 * torch.randn(param.shape, generator=torch.Generator().manual_seed(9)))
+    tokens = random_documents(129, seed=6)
+    tokens[100:103] = tokens[100]  # two targets ahead of one position on the same token
+    windows = {"S": 128, "L": 256}
+    args = tokens[:-1].int(), tokens[1:].long(), {k: torch.tensor(w) for k, w in windows.items()}
+    weights = [1.0, 0.5, 0.25]
+    loss = model(*args, torch.tensor(weights))
+    reference = gpt_reference_loss(model, tokens, windows, plain_frequencies(hp.head_dim, hp.rope_base), 1.0,
+                                   hp.logit_cap, weights)
+    assert abs(loss.item() - reference.item()) < 1e-5 * reference.item(), (loss.item(), reference.item())
+    assert loss.item() > 1.5 * model(*args).item()  # the targets ahead are weighed in
 
 
 def test_activations_stay_bf16_with_every_model_flag_on():
@@ -332,6 +356,28 @@ def test_schedules():
     # momentum: 0.85 -> 0.95 over the first 20 steps, 0.95 -> 0.85 over the last 10
     assert [tg.momentum_at(s, hp) for s in (0, 10, 20, 50, 90, 95, 100)] == pytest.approx(
         [0.85, 0.90, 0.95, 0.95, 0.95, 0.90, 0.85])
+
+
+def test_multi_token_weights_follow_the_schedule():
+    """Upstream's record schedule [1, 0.5, 0.25->0] -> [1, 0.5->0] -> [1] in thirds of training, written as its
+    rule in x = step / steps, padded to three weights; the default is the next-token loss, no table at all."""
+    hp = tg.parse_args(["--num_iterations=90", "--mtp_weights=1:0.5:0.25..0,1:0.5..0,1"])
+
+    def rule(step):
+        x = step / 90
+        return [1, 0.5, 0.25 * (1 - 3 * x)] if x < 1 / 3 else [1, 0.5 * (2 - 3 * x), 0] if x < 2 / 3 else [1, 0, 0]
+
+    for step in (0, 1, 15, 29, 30, 31, 45, 59, 60, 75, 89):
+        assert tg.mtp_weights_at(step, hp) == pytest.approx(rule(step), abs=1e-12), step
+    table = tg.mtp_weight_tensors(hp, "cpu")
+    assert len(table) == 90 and all(t.shape == (3,) and t.dtype == torch.float32 for t in table)
+    assert table[15].tolist() == pytest.approx(rule(15))
+    assert tg.parse_args(["--mtp_weights=2:1..3"]).mtp_stages == [[(2.0, 2.0), (1.0, 3.0)]]
+    assert tg.mtp_weight_tensors(tg.parse_args([]), "cpu") is None
+    assert tg.mtp_weight_tensors(tg.parse_args(["--mtp_weights=1,1"]), "cpu") is None
+    for bad in ("", "1:", "1..", "-1", "1;2", "1:0.5..x", "1,,1", "1>0", "1...0..2"):
+        with pytest.raises(ValueError, match="--mtp_weights"):
+            tg.parse_args([f"--mtp_weights={bad}"])
 
 
 def test_block_mask_from_document_blocks_equals_create_block_mask():

@@ -14,15 +14,17 @@ def shards(tmp_path_factory):
 SCHEDULE_FLAGS = ["--num_iterations=12", "--warmup_steps=0", "--val_every=0", "--lr_warmup_steps=2",
                   "--cooldown_frac=0.5", "--final_lr_frac=0.2", "--momentum_warmup_frac=0.5", "--untie_frac=0.5",
                   "--window_blocks=1:1,1:2,2:4,3:5", "--momentum_cooldown_frac=0.25", "--seq_lens=128,256",
-                  "--lr_stage_muls=1.0,1.5", "--rope=half_yarn", "--val_window_blocks=4:6"]
+                  "--lr_stage_muls=1.0,1.5", "--rope=half_yarn", "--val_window_blocks=4:6",
+                  "--mtp_weights=1:0.5:0.25..0,1:0.5..0,1"]
 
 
 @pytest.fixture(scope="module")
 def recorded(shards, tmp_path_factory) -> tuple[tg.Hyperparameters, dict]:
     """A tiny run that records, at every optimizer step, each group's lr and momentum as the optimizer reads
-    them, at every training forward, model.tied and the window sizes the model is given, and at every forward,
-    training or validation, the windows and the rotary tables and attention scale gain the attention reads."""
-    seen = {"muon": [], "adam": [], "forward": [], "rotary": []}
+    them, at every training forward, model.tied, the window sizes and the multi-token weights the model is given,
+    at every validation forward, the multi-token weights, and at every forward, training or validation, the windows
+    and the rotary tables and attention scale gain the attention reads."""
+    seen = {"muon": [], "adam": [], "forward": [], "rotary": [], "mtp": [], "val_mtp": []}
 
     def recording(cls, key):
         step = cls.step
@@ -34,13 +36,17 @@ def recorded(shards, tmp_path_factory) -> tuple[tg.Hyperparameters, dict]:
 
     forward = tg.GPT.forward
 
-    def recording_forward(self, inputs, targets, windows):
+    def recording_forward(self, inputs, targets, windows, mtp_weights=None):
+        weights = None if mtp_weights is None else mtp_weights.tolist()
         if torch.is_grad_enabled():
             seen["forward"].append((self.tied, {kind: int(w) for kind, w in windows.items()}, len(inputs)))
+            seen["mtp"].append(weights)
+        else:
+            seen["val_mtp"].append(weights)
         seen["rotary"].append((torch.is_grad_enabled(), {kind: int(w) for kind, w in windows.items()},
                                self.rotary.cos[0, :, 0].clone(), self.rotary.sin[0, :, 0].clone(),
                                self.rotary.attn_scale_gain.item()))
-        return forward(self, inputs, targets, windows)
+        return forward(self, inputs, targets, windows, mtp_weights)
 
     train, val = shards
     argv = ["--preset=tiny", f"--train_files={train}", f"--val_files={val}",
@@ -93,6 +99,15 @@ def test_every_forward_reads_the_yarn_state_of_its_step_and_validation_the_longe
         torch.testing.assert_close((cos, sin), (theta.cos(), theta.sin()), atol=1e-6, rtol=0)
         assert gain == pytest.approx(expected_gain, rel=1e-6) and windows == tg.windows_at(step, hp), step
     assert seen["rotary"][-1][1] == {"S": 4 * 128, "L": 6 * 128}
+
+
+def test_training_forwards_get_the_scheduled_multi_token_weights_and_validation_none(recorded):
+    hp, seen = recorded
+    assert len(seen["mtp"]) == hp.num_iterations * hp.slices_per_step
+    for i, weights in enumerate(seen["mtp"]):
+        assert weights == pytest.approx(tg.mtp_weights_at(i // hp.slices_per_step, hp)), i
+    assert len({tuple(w) for w in seen["mtp"]}) > 5  # the weights move within stages and across them
+    assert seen["val_mtp"] and all(w is None for w in seen["val_mtp"])
 
 
 def tiny_model_and_optimizers(monkeypatch, table):
