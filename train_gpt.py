@@ -794,7 +794,8 @@ MATRIX_PARAMS = {
 
 # Per DistAdam group: ((beta1, beta2), weight-decay multiplier), upstream's validated values. Decay is cautious
 # and proportional to lr², so it grows with the lr of the group: the embedding and head decay 150x, value
-# embeddings 5x, the scalars not at all; the scalars average over a longer window (0.9, 0.99).
+# embeddings 5x, the value-embedding gates 1x (upstream's default), the scalars not at all; scalars and gates
+# average over a longer window (0.9, 0.99).
 ADAM_PARAMS = {
     "lm_head": ((0.5, 0.95), 150.0),
     "embed": ((0.5, 0.95), 150.0),
@@ -802,6 +803,7 @@ ADAM_PARAMS = {
     "scalars": ((0.9, 0.99), 0.0),
     "bigram_embed": ((0.75, 0.95), 5.0),
     "smear_gate": ((0.9, 0.99), 0.0),
+    "value_gates": ((0.9, 0.99), 1.0),
 }
 
 
@@ -1191,7 +1193,8 @@ def bigram_hash(inputs: torch.Tensor, buckets: int) -> torch.Tensor:
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, head_dim: int, gate_dim: int, rotary: Rotary, scale: float):
+    def __init__(self, dim: int, num_heads: int, head_dim: int, gate_dim: int, rotary: Rotary, scale: float,
+                 value_gate: bool = False):
         super().__init__()
         assert num_heads * head_dim == dim, "q, k, v and the output projection share one (4, dim, dim) bank"
         self.num_heads, self.head_dim, self.gate_dim, self.scale = num_heads, head_dim, gate_dim, scale
@@ -1201,7 +1204,12 @@ class CausalSelfAttention(nn.Module):
         qkvo[3].zero_()  # output projection starts at zero: each block begins as the identity
         self.qkvo = nn.Parameter(qkvo)  # (4, out, in): q, k, v, o
         self.gate = nn.Parameter(torch.zeros(num_heads, gate_dim))  # per-head output gate, sigmoid(0) = 0.5
-        self.value_mix = nn.Parameter(torch.tensor([0.5, 0.5]))  # v = a·v + b·value_embedding
+        if value_gate:  # v = a·v + 2σ(w·x[:gate_dim])·value_embedding per head: starts at 1, lies in (0, 2)
+            self.value_mix = nn.Parameter(torch.tensor([0.5]))
+            self.value_gate = nn.Parameter(torch.zeros(num_heads, gate_dim))
+        else:
+            self.value_mix = nn.Parameter(torch.tensor([0.5, 0.5]))  # v = a·v + b·value_embedding
+            self.value_gate = None
 
     def forward(self, x: torch.Tensor, value_embed, mask) -> torch.Tensor:  # x: (B, T, D)
         B, T, D = x.shape
@@ -1212,11 +1220,17 @@ class CausalSelfAttention(nn.Module):
         if self.rotary.attn_scale_gain is not None:  # attend's scale stays a constant: flex compiles it in
             q = q * self.rotary.attn_scale_gain
         if value_embed is not None:
-            v = self.value_mix[0] * v + self.value_mix[1] * value_embed.view_as(v)
+            v = self.value_mix[0] * v + self.value_embed_weight(x) * value_embed.view_as(v)
         y = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, self.scale).transpose(1, 2)
         gate = torch.sigmoid(F.linear(x[..., : self.gate_dim], self.gate.type_as(x)))  # (B, T, H)
         y = (y * gate[..., None]).reshape(B, T, D)
         return F.linear(y, w[3])
+
+    def value_embed_weight(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, T, D) -> b, or with a value gate 2σ(w·x[:gate_dim]) per token and head, (B, T, H, 1)."""
+        if self.value_gate is None:
+            return self.value_mix[1]
+        return 2 * torch.sigmoid(F.linear(x[..., :self.gate_dim], self.value_gate.type_as(x)))[..., None]
 
 
 class MLP(nn.Module):
@@ -1233,9 +1247,9 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
     def __init__(self, dim: int, num_heads: int, head_dim: int, mlp_hidden: int, gate_dim: int, rotary, scale,
-                 fused_mlp: bool):
+                 fused_mlp: bool, value_gate: bool = False):
         super().__init__()
-        self.attn = CausalSelfAttention(dim, num_heads, head_dim, gate_dim, rotary, scale)
+        self.attn = CausalSelfAttention(dim, num_heads, head_dim, gate_dim, rotary, scale, value_gate)
         self.mlp = MLP(dim, mlp_hidden, fused_mlp)
         self.residual_mix = nn.Parameter(torch.tensor([1.0, 0.0]))  # x = a·x + b·x0 (x0: the token embedding)
 
@@ -1269,19 +1283,17 @@ class GPT(nn.Module):
         self.window_pattern, self.logit_cap = hp.window_pattern, LogitCap.parse(hp.logit_cap)
         self.embed = nn.Embedding(V, D)
         self.embed.weight.data.normal_(0.0, hp.embed_std)
-        num_ve = min(hp.num_value_embeds, L // 2)
+        self.value_embed_of_block = hp.value_embed_of_block  # tied across the U, or one per listed block
+        num_ve = len({j for j in self.value_embed_of_block if j is not None})
         self.value_embeds = nn.ModuleList(nn.Embedding(V, D) for _ in range(num_ve))
         for ve in self.value_embeds:
             ve.weight.data.normal_(0.0, hp.value_embed_std)
-        # value embedding i feeds block i and block L - num_ve + i; the blocks between have none
-        self.value_embed_of_block = [i if i < num_ve else (i - (L - num_ve) if i >= L - num_ve else None)
-                                     for i in range(L)]
         self.rotary = Rotary(rotary_frequencies(hp.head_dim, hp.rope_base, hp.rope), hp.max_seq_len,
                              yarn=hp.rope == "half_yarn")
         self.blocks = nn.ModuleList(
             Block(D, hp.num_heads, hp.head_dim, hp.mlp_mult * D, hp.attn_gate_dim, self.rotary, hp.attn_scale,
-                  hp.fused_mlp)
-            for _ in range(L))
+                  hp.fused_mlp, value_gate=hp.value_embed_gates and j is not None)
+            for j in self.value_embed_of_block)
         self.skip_gates = nn.Parameter(torch.zeros(L // 2))  # sigmoid(0) = 0.5
         self.smear = hp.smear
         if self.smear:  # starts off: a zero λ; the gate reads the first attn_gate_dim channels of the embedding
@@ -1549,6 +1561,10 @@ class Hyperparameters:
     mlp_mult: int = 4  # MLP hidden width = mlp_mult * model_dim
     attn_gate_dim: int = 12  # residual channels that drive the per-head output gates
     num_value_embeds: int = 3  # value embeddings, each feeding one block of each half
+    # Upstream's record of 2026-01-26 gives its 11 layers 0, 1, 8, 9, 10 five untied value embeddings; its layer k is
+    # our block k + 1 (it dropped a first layer that already had neither attention nor MLP), so ours are 1,2,9,10,11.
+    value_embed_layers: str = ""  # blocks that each get their own value embedding, e.g. 1,2,9,10,11 ("": tied)
+    value_embed_gates: bool = False  # v = a·v + 2σ(w·x[:attn_gate_dim])·value_embedding per head, w zero at init
     attn_scale: float = 0.12  # QK-norm bounds q·k by head_dim, so the usual 1/sqrt(head_dim) is too soft
     rope: str = "plain"  # plain: rope_base^(-i/(head_dim/2)) on every pair; half_yarn: half the pairs still, YaRN
     rope_base: float = 10000.0  # rotary embedding base (--rope=plain)
@@ -1576,6 +1592,7 @@ class Hyperparameters:
     adam_scalar_lr: float = 0.04  # Adam lr of the gates and mixing scalars
     adam_bigram_lr: float = 0.6  # Adam lr of the bigram hash embedding
     adam_smear_gate_lr: float = 8e-5  # Adam lr of the smear gate's weights (upstream: 0.01x the head's)
+    adam_value_gate_lr: float = 0.008  # Adam lr of the value-embedding gates' weights (upstream: the head's)
     adam_weight_decay: float = 0.005  # cautious weight decay, times lr² and ADAM_PARAMS' multiplier
     untie_frac: float = 2 / 3  # the embedding and LM head share weights until this fraction of training
     lr_warmup_steps: int = 0  # linear lr warm-up steps
@@ -1607,7 +1624,8 @@ class Hyperparameters:
         for flag in ("val_tokens", "val_seq_len", "slices_per_step", "num_iterations", "vocab_size", "num_layers",
                      "model_dim", "num_heads", "head_dim", "mlp_mult", "attn_gate_dim", "attn_scale", "rope_base",
                      "embed_std", "value_embed_std", "muon_lr", "adam_embed_lr", "adam_head_lr",
-                     "adam_value_embed_lr", "adam_scalar_lr", "adam_bigram_lr", "adam_smear_gate_lr"):
+                     "adam_value_embed_lr", "adam_scalar_lr", "adam_bigram_lr", "adam_smear_gate_lr",
+                     "adam_value_gate_lr"):
             require(getattr(self, flag) > 0, flag, "must be positive")
         for flag in ("num_value_embeds", "muon_weight_decay", "adam_weight_decay", "lr_warmup_steps", "val_every",
                      "warmup_steps", "save_every", "bench_steps"):
@@ -1628,6 +1646,10 @@ class Hyperparameters:
                 "needs --model_dim and --vocab_size multiples of 16, as torch._scaled_mm's FP8 matmuls do")
         require(self.num_layers % 2 == 0, "num_layers", "must be even (U-net skips pair the halves)")
         require(self.attn_gate_dim <= self.model_dim, "attn_gate_dim", "must not exceed --model_dim")
+        require(re.fullmatch(r"([0-9]+(,[0-9]+)*)?", self.value_embed_layers) is not None
+                and all(i < self.num_layers for i in self.value_embed_layer_list)
+                and len(set(self.value_embed_layer_list)) == len(self.value_embed_layer_list), "value_embed_layers",
+                "must be distinct block indices below --num_layers, comma-separated")
         require(self.bigram_buckets == 0 or self.bigram_buckets >= 2, "bigram_buckets",
                 "must be 0 (none) or at least 2 (one row is reserved for the first position)")
         require(len(self.window_pattern) == self.num_layers and set(self.window_pattern) <= {"S", "L"},
@@ -1662,6 +1684,20 @@ class Hyperparameters:
     @property
     def lr_stage_mul_list(self) -> list[float]:
         return [float(m) for m in self.lr_stage_muls.split(",")]
+
+    @property
+    def value_embed_layer_list(self) -> list[int]:
+        return [int(i) for i in self.value_embed_layers.split(",")] if self.value_embed_layers else []
+
+    @property
+    def value_embed_of_block(self) -> list[int | None]:
+        """The value embedding each block reads, None for none. Untied: the k-th of --value_embed_layers reads
+        embedding k. Tied: embedding i feeds block i and block L - n + i (n = --num_value_embeds, at most L / 2)."""
+        L, layers = self.num_layers, self.value_embed_layer_list
+        if layers:
+            return [layers.index(i) if i in layers else None for i in range(L)]
+        n = min(self.num_value_embeds, L // 2)
+        return [i if i < n else (i - (L - n) if i >= L - n else None) for i in range(L)]
 
     @property
     def window_stages(self) -> list[tuple[int, int]]:
@@ -1976,6 +2012,9 @@ def build_optimizers(model: GPT, hp: Hyperparameters, rank: int, world_size: int
         adam_groups.append(dict(params=[model.bigram_embed.weight], lr=hp.adam_bigram_lr, label="bigram_embed"))
     if model.smear:
         adam_groups.append(dict(params=[model.smear_gate], lr=hp.adam_smear_gate_lr, label="smear_gate"))
+    value_gates = [b.attn.value_gate for b in blocks if b.attn.value_gate is not None]
+    if value_gates:  # upstream trains these gates with Adam (its record of 2026-01-03), not as matrices
+        adam_groups.append(dict(params=value_gates, lr=hp.adam_value_gate_lr, label="value_gates"))
     for group in adam_groups:
         betas, wd_mul = ADAM_PARAMS[group["label"]]
         group.update(initial_lr=group["lr"], betas=betas, weight_decay=hp.adam_weight_decay * wd_mul)

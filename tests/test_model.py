@@ -147,17 +147,23 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
 
 
 def attention_reference(attn, x: torch.Tensor, ve: torch.Tensor | None, tokens: torch.Tensor, window: int,
-                        freqs: torch.Tensor, scale_gain: float = 1.0) -> torch.Tensor:
+                        freqs: torch.Tensor, scale_gain: float = 1.0,
+                        value_gate: torch.Tensor | None = None) -> torch.Tensor:
     """x, ve: (T, D) fp64 -> the attention module's output (T, D) in fp64: heads one by one in einsum, the
-    rotation as complex numbers by freqs, scores scaled by attn.scale · scale_gain, the mask from loops."""
+    rotation as complex numbers by freqs, scores scaled by attn.scale · scale_gain, the mask from loops. With
+    value_gate (H, k), head h's value takes 2σ(value_gate[h]·x[:k]) of the value embedding instead of the mix's b."""
     T, D = x.shape
     H, Dh = attn.num_heads, attn.head_dim
     W = attn.qkvo.detach().double()
     q, k, v = ((x @ W[i].T).view(T, H, Dh) for i in range(3))
     q, k = (rotate_as_complex(rms_norm(t), freqs) for t in (q, k))
-    if ve is not None:
+    if ve is not None and value_gate is None:
         a, b = attn.value_mix.detach().double()
         v = a * v + b * ve.view(T, H, Dh)
+    elif ve is not None:
+        (a,) = attn.value_mix.detach().double()
+        share = 2 * torch.sigmoid(torch.einsum("tk,hk->th", x[:, :value_gate.shape[1]], value_gate))  # (T, H)
+        v = a * v + share[..., None] * ve.view(T, H, Dh)
     scores = attn.scale * scale_gain * torch.einsum("qhd,khd->hqk", q, k)
     p = torch.softmax(scores.masked_fill(~document_window_from_loops(tokens, window), float("-inf")), dim=-1)
     gate = torch.sigmoid(x[:, :attn.gate_dim] @ attn.gate.detach().double().T)  # (T, H)
@@ -180,12 +186,15 @@ CAPPED = {"tanh:15": lambda l: 15 * torch.tanh(l / 15), "sigmoid:23,5,7.5": lamb
 
 
 def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], freqs: torch.Tensor, scale_gain: float,
-                       logit_cap: str, mtp_weights: list[float] | None = None) -> torch.Tensor:
+                       logit_cap: str, mtp_weights: list[float] | None = None, value_embed_layers: str = "",
+                       value_embed_gates: bool = False) -> torch.Tensor:
     """The whole GPT written out in fp64, each wire spelled out: x0 = norm(embedding); block i first mixes
-    a_i·x + b_i·x0; value embedding j feeds blocks j and L - num_ve + j; a second-half block i first adds
-    sigmoid(gate)·(output of its mirror block L - 1 - i); every attention rotates by freqs and scales its scores by
-    attn_scale · scale_gain; the head reads norm(x); logits are softcapped. With mtp_weights, position t also
-    predicts the token k + 1 ahead, weight w_k, where the sequence still has one."""
+    a_i·x + b_i·x0; value embedding j feeds blocks j and L - num_ve + j, or, untied, the j-th block listed in
+    value_embed_layers; with value_embed_gates each of those blocks weighs it by its own gate on the block's
+    normed input; a second-half block i first adds sigmoid(gate)·(output of its mirror block L - 1 - i); every
+    attention rotates by freqs and scales its scores by attn_scale · scale_gain; the head reads norm(x); logits are
+    softcapped. With mtp_weights, position t also predicts the token k + 1 ahead, weight w_k, where the sequence
+    still has one."""
     inputs, targets = tokens[:-1], tokens[1:]
     p = {name: t.detach().double() for name, t in model.named_parameters()}
     L, num_ve = len(model.blocks), len(model.value_embeds)
@@ -199,14 +208,19 @@ def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], fre
     for i, block in enumerate(model.blocks):
         if i >= L // 2:
             x = x + torch.sigmoid(p["skip_gates"][i - L // 2]) * outputs[L - 1 - i]
-        j = i if i < num_ve else i - (L - num_ve) if i >= L - num_ve else None
+        if value_embed_layers:
+            listed = [int(b) for b in value_embed_layers.split(",")]
+            j = listed.index(i) if i in listed else None
+        else:
+            j = i if i < num_ve else i - (L - num_ve) if i >= L - num_ve else None
         ve = p[f"value_embeds.{j}.weight"][inputs] if j is not None else None
+        value_gate = p[f"blocks.{i}.attn.value_gate"] if value_embed_gates and j is not None else None
         if model.bigram_embed is not None:
             x = x + p["bigram_lambdas"][i] * p["bigram_embed.weight"][python_bigram_rows(inputs, model.bigram_embed.num_embeddings)]
         a, b = p[f"blocks.{i}.residual_mix"]
         x = a * x + b * x0
         x = x + attention_reference(block.attn, rms_norm(x), ve, inputs, windows[model.window_pattern[i]], freqs,
-                                    scale_gain)
+                                    scale_gain, value_gate)
         x = x + torch.relu(rms_norm(x) @ p[f"blocks.{i}.mlp.fc"].T).square() @ p[f"blocks.{i}.mlp.proj"].T
         outputs.append(x)
     logits = CAPPED[logit_cap](rms_norm(x) @ p["lm_head"])
@@ -217,10 +231,13 @@ def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], fre
     return sum(w * loss for w, loss in zip(mtp_weights, shifted)) / T
 
 
-@pytest.mark.parametrize("logit_cap, bigram_buckets, smear, rope", [
-    ("tanh:15", 0, False, "plain"), ("sigmoid:23,5,7.5", 0, False, "plain"), ("tanh:15", 97, False, "plain"),
-    ("tanh:15", 0, True, "plain"), ("tanh:15", 0, False, "half_yarn")])
-def test_gpt_forward_matches_the_model_written_out(monkeypatch, logit_cap, bigram_buckets, smear, rope):
+@pytest.mark.parametrize("logit_cap, bigram_buckets, smear, rope, value_embed_layers, value_embed_gates", [
+    ("tanh:15", 0, False, "plain", "", False), ("sigmoid:23,5,7.5", 0, False, "plain", "", False),
+    ("tanh:15", 97, False, "plain", "", False), ("tanh:15", 0, True, "plain", "", False),
+    ("tanh:15", 0, False, "half_yarn", "", False), ("tanh:15", 0, False, "plain", "1,2,3", False),
+    ("tanh:15", 0, False, "plain", "", True), ("tanh:15", 0, False, "plain", "1,2,3", True)])
+def test_gpt_forward_matches_the_model_written_out(monkeypatch, logit_cap, bigram_buckets, smear, rope,
+                                                   value_embed_layers, value_embed_gates):
     """Every parameter moved off its init (so no wire hides behind a zero or a symmetry), then GPT.forward against
     gpt_reference_loss. The model's bf16 casts are made fp32 here, so the two agree to float rounding and a skip
     from the wrong block, a value embedding fed to the wrong block, a swapped mix or a dropped gate all show. With
@@ -228,7 +245,8 @@ def test_gpt_forward_matches_the_model_written_out(monkeypatch, logit_cap, bigra
     monkeypatch.setattr(torch.Tensor, "bfloat16", lambda t: t.float())
     model, hp = tiny_model(num_layers=4, window_pattern="SLSL", num_value_embeds=2, logit_cap=logit_cap,
                            bigram_buckets=bigram_buckets, smear=smear, rope=rope, window_blocks="1:1,1:2",
-                           val_window_blocks="1:3")
+                           val_window_blocks="1:3", value_embed_layers=value_embed_layers,
+                           value_embed_gates=value_embed_gates)
     tg.set_yarn(model, hp.num_iterations, hp)
     if rope == "plain":
         freqs, scale_gain = plain_frequencies(hp.head_dim, hp.rope_base), 1.0
@@ -240,10 +258,14 @@ def test_gpt_forward_matches_the_model_written_out(monkeypatch, logit_cap, bigra
             param.copy_(param + 0.3 * param.std().nan_to_num(0.3).clamp_min(0.3) * torch.randn(param.shape, generator=g))
         for ve in model.value_embeds:  # unit scale, far above their init, so a misrouted one shows
             ve.weight.normal_(generator=g)
+        for block in model.blocks:  # unit scale: gates spread over (0, 2), so one on the wrong input shows
+            if block.attn.value_gate is not None:
+                block.attn.value_gate.normal_(generator=g)
     tokens = random_documents(385, seed=8)
     windows = {"S": 128, "L": 256}
     loss = model(tokens[:-1].int(), tokens[1:].long(), {k: torch.tensor(w) for k, w in windows.items()})
-    reference = gpt_reference_loss(model, tokens, windows, freqs, scale_gain, logit_cap)
+    reference = gpt_reference_loss(model, tokens, windows, freqs, scale_gain, logit_cap, None,
+                                   value_embed_layers, value_embed_gates)
     # fp32 agrees to ~1e-7; the bound is tight enough that YaRN's stretch of the frequencies (4e-6 here) shows
     assert abs(loss.item() - reference.item()) < 1e-6 * reference.item(), (loss.item(), reference.item())
 
@@ -267,10 +289,12 @@ def test_gpt_multi_token_loss_matches_the_model_written_out(monkeypatch):
     assert loss.item() > 1.5 * model(*args).item()  # the targets ahead are weighed in
 
 
-def test_activations_stay_bf16_with_every_model_flag_on():
+@pytest.mark.parametrize("value_embed_gates", [False, True])
+def test_activations_stay_bf16_with_every_model_flag_on(value_embed_gates):
     """An fp32 parameter of shape (1,) or more promotes a bf16 activation to fp32: the model then runs its matmuls
     at the fp32 rate, and the fused MLP kernel, tiled for bf16, runs out of shared memory on a GPU."""
-    model, hp = tiny_model(logit_cap="sigmoid:23,5,7.5", bigram_buckets=97, smear=True)
+    model, hp = tiny_model(logit_cap="sigmoid:23,5,7.5", bigram_buckets=97, smear=True, value_embed_layers="0,1",
+                           value_embed_gates=value_embed_gates)
     with torch.no_grad():
         model.smear_lambda.fill_(0.5)
     seen = []
@@ -294,6 +318,34 @@ def test_zero_initialized_output_projections_make_blocks_identity():
         x, x0 = torch.randn(2, 1, 16, hp.model_dim).unbind(0)
         mask = tg.attention_mask(torch.arange(16), torch.tensor(128))
         assert torch.equal(block(x, x0, None, mask), x)  # residual_mix starts at (1, 0): x, not x0, passes
+
+
+def test_value_embeds_stay_tied_across_the_u_net_by_default():
+    """Without the new flags the record's layout is today's: 3 embeddings, embedding i in blocks i and 9 + i, no
+    gates, each block mixing a·v + b·value_embedding."""
+    assert tg.parse_args([]).value_embed_of_block == [0, 1, 2] + [None] * 6 + [0, 1, 2]
+    model, hp = tiny_model(num_layers=12, window_pattern="SSSLSSSLSSSL", num_value_embeds=3)
+    assert model.value_embed_of_block == [0, 1, 2] + [None] * 6 + [0, 1, 2] and len(model.value_embeds) == 3
+    assert all(b.attn.value_gate is None and b.attn.value_mix.tolist() == [0.5, 0.5] for b in model.blocks)
+    assert not any("value_gate" in name for name, _ in model.named_parameters())
+
+
+def test_untied_value_embeds_feed_the_listed_blocks_through_gates_open_at_one():
+    """Upstream's 5 untied embeddings on our blocks 1, 2, 9, 10, 11: the k-th listed block reads embedding k, each
+    of them with a zero gate (2σ(0) = 1) and only a in its mix; the other blocks have neither."""
+    hp = tg.parse_args(["--value_embed_layers=1,2,9,10,11", "--value_embed_gates=true"])
+    assert hp.value_embed_of_block == [None, 0, 1] + [None] * 6 + [2, 3, 4]
+    model, hp = tiny_model(num_layers=12, window_pattern="SSSLSSSLSSSL", value_embed_layers="1,2,9,10,11",
+                           value_embed_gates=True, value_embed_std=0.01)
+    assert len(model.value_embeds) == 5
+    for ve in model.value_embeds:
+        assert ve.weight.std().item() == pytest.approx(0.01, rel=0.05)
+    for i, block in enumerate(model.blocks):
+        if i in (1, 2, 9, 10, 11):
+            assert block.attn.value_gate.shape == (hp.num_heads, hp.attn_gate_dim) and not block.attn.value_gate.any()
+            assert block.attn.value_mix.tolist() == [0.5]
+        else:
+            assert block.attn.value_gate is None
 
 
 def test_embeddings_start_at_their_configured_scales():

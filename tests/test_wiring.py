@@ -187,3 +187,24 @@ def test_adam_updates_are_compiled_on_a_gpu_with_compile_on(monkeypatch):
     assert tg.build_optimizers(model, hp, rank=0, world_size=1)[1].update is not tg.adam_update_
     off = tg.parse_args(["--preset=tiny", "--compile=false"])
     assert tg.build_optimizers(model, off, rank=0, world_size=1)[1].update is tg.adam_update_
+
+
+def test_value_embed_gates_are_trained_by_adam_with_upstreams_betas_and_the_embeddings_by_the_value_embeds_group():
+    """Upstream trains its value-embedding gates with Adam at the head's lr 0.008, betas (0.9, 0.99) and its default
+    decay multiplier 1; each untied embedding joins the value_embeds group, each block's a the scalars."""
+    hp = tg.parse_args(["--preset=tiny", "--num_layers=4", "--window_pattern=SLSL", "--value_embed_layers=1,2,3",
+                        "--value_embed_gates=true"])
+    model = tg.GPT(hp)
+    muon, adam = tg.build_optimizers(model, hp, rank=0, world_size=1)
+    groups = {g["label"]: g for g in adam.param_groups}
+    gates = groups["value_gates"]
+    assert gates["params"] == [model.blocks[i].attn.value_gate for i in (1, 2, 3)] and gates["lr"] == 0.008
+    assert gates["betas"] == (0.9, 0.99) and gates["weight_decay"] == hp.adam_weight_decay * 1.0
+    assert groups["value_embeds"]["params"] == [ve.weight for ve in model.value_embeds] and len(model.value_embeds) == 3
+    assert groups["value_embeds"]["lr"] == hp.adam_value_embed_lr
+    assert all(any(p is b.attn.value_mix for p in groups["scalars"]["params"]) for b in model.blocks)
+    assert not any(p is b.attn.value_gate for g in muon.param_groups for p in g["params"] for b in model.blocks[1:])
+    hp = tg.parse_args(["--preset=tiny", "--value_embed_layers=0", "--value_embed_gates=true",
+                        "--adam_value_gate_lr=0.003"])
+    _, adam = tg.build_optimizers(tg.GPT(hp), hp, rank=0, world_size=1)
+    assert [g["lr"] for g in adam.param_groups if g["label"] == "value_gates"] == [0.003]
