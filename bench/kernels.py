@@ -120,10 +120,11 @@ def bench_cross_entropy() -> None:
     tokens = 49152
     logits = (torch.randn(tokens, VOCAB, device="cuda") * 10).bfloat16()
     targets = torch.randint(0, VOCAB, (tokens,), device="cuda")
+    weights = torch.ones(1, device="cuda")  # the next-token loss: one target ahead, weight 1
     gb = logits.numel() * logits.element_size() / 1e6  # MB read by the forward; the backward also writes as much
 
     def forward(fast):
-        return T.softcap_cross_entropy_triton(logits, targets, *CAP, fast)[0]
+        return T.softcap_cross_entropy_triton(logits, targets, weights, *CAP, fast)[0]
 
     t_fast, t_exact = ms(lambda: forward(True)), ms(lambda: forward(False))
     row("softcap CE forward, fast vs exact", (tokens, VOCAB), t_fast, t_exact,
@@ -131,7 +132,7 @@ def bench_cross_entropy() -> None:
     x = logits.clone().requires_grad_()
 
     def both(fast):
-        torch.autograd.grad(T.softcap_cross_entropy_triton(x, targets, *CAP, fast)[0], x)
+        torch.autograd.grad(T.softcap_cross_entropy_triton(x, targets, weights, *CAP, fast)[0], x)
 
     t_fast, t_exact = ms(lambda: both(True)), ms(lambda: both(False))
     row("softcap CE fwd+bwd, fast vs exact", (tokens, VOCAB), t_fast, t_exact,
