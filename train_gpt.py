@@ -1247,17 +1247,23 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
     def __init__(self, dim: int, num_heads: int, head_dim: int, mlp_hidden: int, gate_dim: int, rotary, scale,
-                 fused_mlp: bool, value_gate: bool = False, attention: bool = True):
+                 fused_mlp: bool, value_gate: bool = False, attention: bool = True, sublayer_residual: bool = False):
         super().__init__()
         self.attn = (CausalSelfAttention(dim, num_heads, head_dim, gate_dim, rotary, scale, value_gate)
                      if attention else None)
         self.mlp = MLP(dim, mlp_hidden, fused_mlp)
-        self.residual_mix = nn.Parameter(torch.tensor([1.0, 0.0]))  # x = a·x + b·x0 (x0: the token embedding)
+        # x = a·x + b·x0 (x0: the token embedding); with sublayer_residual also x = c·x before the MLP, a and c at
+        # √1.1 so a block scales the stream by 1.1, as upstream's per-sublayer residual lambdas (2026 train_gpt.py)
+        # split its 2025-11-18 record's 1.1 on a
+        self.residual_mix = nn.Parameter(torch.tensor([1.1**0.5, 0.0, 1.1**0.5] if sublayer_residual else [1.0, 0.0]))
+        self.sublayer_residual = sublayer_residual
 
     def forward(self, x, x0, value_embed, mask):
         x = self.residual_mix[0] * x + self.residual_mix[1] * x0
         if self.attn is not None:
             x = x + self.attn(norm(x), value_embed, mask)
+        if self.sublayer_residual:
+            x = self.residual_mix[2] * x
         return x + self.mlp(norm(x))
 
 
@@ -1296,7 +1302,7 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(
             Block(D, hp.num_heads, hp.head_dim, hp.mlp_mult * D, hp.attn_gate_dim, self.rotary, hp.attn_scale,
                   hp.fused_mlp, value_gate=hp.value_embed_gates and j is not None,
-                  attention=i not in hp.no_attention_layer_list)
+                  attention=i not in hp.no_attention_layer_list, sublayer_residual=hp.sublayer_residual)
             for i, j in enumerate(self.value_embed_of_block))
         self.skip_pairs = hp.skip_pairs  # (src, dst): gate k adds σ(skip_gates[k])·(src's output) to dst's input
         self.skip_gates = nn.Parameter(torch.full((len(self.skip_pairs),), hp.skip_gate_init))
@@ -1567,6 +1573,7 @@ class Hyperparameters:
     skips: str = "unet"  # unet: block i's output into block L-1-i's input, i < L/2; or src:dst pairs, e.g. 3:6
     skip_gate_init: float = 0.0  # each skip adds σ(g)·output, g learned from this init
     no_attention_layers: str = ""  # blocks with an MLP only, comma-separated, e.g. 6
+    sublayer_residual: bool = False  # x = c·x before each MLP too, a and c learned from √1.1 (off: a from 1)
     model_dim: int = 768  # residual stream width
     num_heads: int = 6  # attention heads; num_heads * head_dim = model_dim
     head_dim: int = 128  # attention head width

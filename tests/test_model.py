@@ -195,7 +195,7 @@ def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], fre
     value_embed_layers; with value_embed_gates each of those blocks weighs it by its own gate on the block's
     normed input; a second-half block i first adds sigmoid(gate)·(output of its mirror block L - 1 - i), or, given
     skips, block dst adds sigmoid(gate k)·(output of block src) for the k-th (src, dst); blocks in no_attention
-    skip attention; every attention rotates by freqs and scales its scores by attn_scale · scale_gain; the head reads norm(x); logits are
+    skip attention; a third residual_mix entry c scales x by c before the MLP; every attention rotates by freqs and scales its scores by attn_scale · scale_gain; the head reads norm(x); logits are
     softcapped. With mtp_weights, position t also predicts the token k + 1 ahead, weight w_k, where the sequence
     still has one."""
     inputs, targets = tokens[:-1], tokens[1:]
@@ -223,11 +223,12 @@ def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], fre
         value_gate = p[f"blocks.{i}.attn.value_gate"] if value_embed_gates and j is not None else None
         if model.bigram_embed is not None:
             x = x + p["bigram_lambdas"][i] * p["bigram_embed.weight"][python_bigram_rows(inputs, model.bigram_embed.num_embeddings)]
-        a, b = p[f"blocks.{i}.residual_mix"]
+        a, b, *c = p[f"blocks.{i}.residual_mix"]  # c: the MLP's residual λ, with --sublayer_residual
         x = a * x + b * x0
         if i not in no_attention:
             x = x + attention_reference(block.attn, rms_norm(x), ve, inputs, windows[model.window_pattern[i]], freqs,
                                         scale_gain, value_gate)
+        x = c[0] * x if c else x
         x = x + torch.relu(rms_norm(x) @ p[f"blocks.{i}.mlp.fc"].T).square() @ p[f"blocks.{i}.mlp.proj"].T
         outputs.append(x)
     logits = CAPPED[logit_cap](rms_norm(x) @ p["lm_head"])
@@ -238,9 +239,9 @@ def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], fre
     return sum(w * loss for w, loss in zip(mtp_weights, shifted)) / T
 
 
-# (num_layers, window_pattern, --skips, --no_attention_layers): the U-net, and an odd depth with skips that share a
-# source and a target (the order of the gates shows) around a block without attention
-LAYOUTS = {"unet": (4, "SLSL", "unet", ""), "skips": (5, "SLSLS", "0:2,1:4,0:4", "2")}
+# (num_layers, window_pattern, --skips, --no_attention_layers, --sublayer_residual): the U-net, and an odd depth with
+# skips that share a source and a target (the order of the gates shows) around a block without attention
+LAYOUTS = {"unet": (4, "SLSL", "unet", "", False), "skips": (5, "SLSLS", "0:2,1:4,0:4", "2", True)}
 
 
 @pytest.mark.parametrize("logit_cap, bigram_buckets, smear, rope, value_embed_layers, value_embed_gates, layout", [
@@ -256,11 +257,12 @@ def test_gpt_forward_matches_the_model_written_out(monkeypatch, logit_cap, bigra
     from the wrong block, a value embedding fed to the wrong block, a swapped mix or a dropped gate all show. With
     half_yarn, the model is at its final validation, two YaRN stretches in (long windows 128 -> 256 -> 384)."""
     monkeypatch.setattr(torch.Tensor, "bfloat16", lambda t: t.float())
-    num_layers, window_pattern, skips, no_attention = LAYOUTS[layout]
+    num_layers, window_pattern, skips, no_attention, sublayer_residual = LAYOUTS[layout]
     model, hp = tiny_model(num_layers=num_layers, window_pattern=window_pattern, num_value_embeds=2,
                            logit_cap=logit_cap, bigram_buckets=bigram_buckets, smear=smear, rope=rope,
                            window_blocks="1:1,1:2", val_window_blocks="1:3", value_embed_layers=value_embed_layers,
-                           value_embed_gates=value_embed_gates, skips=skips, no_attention_layers=no_attention)
+                           value_embed_gates=value_embed_gates, skips=skips, no_attention_layers=no_attention,
+                           sublayer_residual=sublayer_residual)
     tg.set_yarn(model, hp.num_iterations, hp)
     if rope == "plain":
         freqs, scale_gain = plain_frequencies(hp.head_dim, hp.rope_base), 1.0
@@ -297,6 +299,9 @@ def test_default_skips_are_the_unet_with_gates_at_sigmoid_one_half():
                           no_attention_layers="2", num_value_embeds=2)
     assert model.skip_pairs == [(1, 3)] and torch.equal(model.skip_gates.detach(), torch.tensor([-1.5]))
     assert [block.attn is None for block in model.blocks] == [False, False, True, False, False]
+    assert all(torch.equal(block.residual_mix.detach(), torch.tensor([1.0, 0.0])) for block in model.blocks)
+    model, _ = tiny_model(sublayer_residual=True)
+    assert torch.allclose(model.blocks[1].residual_mix.detach(), torch.tensor([1.1**0.5, 0.0, 1.1**0.5]))
 
 
 def test_layout_flags_reject_what_the_model_cannot_wire():
@@ -337,7 +342,7 @@ def test_activations_stay_bf16_with_every_model_flag_on(value_embed_gates):
     """An fp32 parameter of shape (1,) or more promotes a bf16 activation to fp32: the model then runs its matmuls
     at the fp32 rate, and the fused MLP kernel, tiled for bf16, runs out of shared memory on a GPU."""
     model, hp = tiny_model(logit_cap="sigmoid:23,5,7.5", bigram_buckets=97, smear=True, value_embed_layers="0,1",
-                           value_embed_gates=value_embed_gates)
+                           value_embed_gates=value_embed_gates, sublayer_residual=True)
     with torch.no_grad():
         model.smear_lambda.fill_(0.5)
     seen = []
