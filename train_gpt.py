@@ -1247,15 +1247,23 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
     def __init__(self, dim: int, num_heads: int, head_dim: int, mlp_hidden: int, gate_dim: int, rotary, scale,
-                 fused_mlp: bool, value_gate: bool = False):
+                 fused_mlp: bool, value_gate: bool = False, attention: bool = True, sublayer_residual: bool = False):
         super().__init__()
-        self.attn = CausalSelfAttention(dim, num_heads, head_dim, gate_dim, rotary, scale, value_gate)
+        self.attn = (CausalSelfAttention(dim, num_heads, head_dim, gate_dim, rotary, scale, value_gate)
+                     if attention else None)
         self.mlp = MLP(dim, mlp_hidden, fused_mlp)
-        self.residual_mix = nn.Parameter(torch.tensor([1.0, 0.0]))  # x = a·x + b·x0 (x0: the token embedding)
+        # x = a·x + b·x0 (x0: the token embedding); with sublayer_residual also x = c·x before the MLP, a and c at
+        # √1.1 so a block scales the stream by 1.1, as upstream's per-sublayer residual lambdas (2026 train_gpt.py)
+        # split its 2025-11-18 record's 1.1 on a
+        self.residual_mix = nn.Parameter(torch.tensor([1.1**0.5, 0.0, 1.1**0.5] if sublayer_residual else [1.0, 0.0]))
+        self.sublayer_residual = sublayer_residual
 
     def forward(self, x, x0, value_embed, mask):
         x = self.residual_mix[0] * x + self.residual_mix[1] * x0
-        x = x + self.attn(norm(x), value_embed, mask)
+        if self.attn is not None:
+            x = x + self.attn(norm(x), value_embed, mask)
+        if self.sublayer_residual:
+            x = self.residual_mix[2] * x
         return x + self.mlp(norm(x))
 
 
@@ -1273,7 +1281,8 @@ FP8_HEAD_GRAD_SCALE = 0.75 / 448
 
 
 class GPT(nn.Module):
-    """U-net GPT: the first half of the blocks feed sigmoid-gated skips into the mirrored second half. The LM head
+    """GPT with sigmoid-gated skips, by default a U-net: the first half of the blocks feed the mirrored second half
+    (--skips names other src:dst pairs); blocks listed in --no_attention_layers have an MLP only. The LM head
     is stored (D, V), the transpose of the (V, D) embedding; while `tied`, the two hold the same weights.
     micro_steps: gradient-accumulation steps per optimizer step, which scale the gradient the FP8 head quantizes."""
 
@@ -1292,9 +1301,11 @@ class GPT(nn.Module):
                              yarn=hp.rope == "half_yarn")
         self.blocks = nn.ModuleList(
             Block(D, hp.num_heads, hp.head_dim, hp.mlp_mult * D, hp.attn_gate_dim, self.rotary, hp.attn_scale,
-                  hp.fused_mlp, value_gate=hp.value_embed_gates and j is not None)
-            for j in self.value_embed_of_block)
-        self.skip_gates = nn.Parameter(torch.zeros(L // 2))  # sigmoid(0) = 0.5
+                  hp.fused_mlp, value_gate=hp.value_embed_gates and j is not None,
+                  attention=i not in hp.no_attention_layer_list, sublayer_residual=hp.sublayer_residual)
+            for i, j in enumerate(self.value_embed_of_block))
+        self.skip_pairs = hp.skip_pairs  # (src, dst): gate k adds σ(skip_gates[k])·(src's output) to dst's input
+        self.skip_gates = nn.Parameter(torch.full((len(self.skip_pairs),), hp.skip_gate_init))
         self.smear = hp.smear
         if self.smear:  # starts off: a zero λ; the gate reads the first attn_gate_dim channels of the embedding
             self.smear_gate = nn.Parameter(torch.zeros(1, hp.attn_gate_dim))
@@ -1321,16 +1332,17 @@ class GPT(nn.Module):
         ves = [ve(inputs).bfloat16()[None] for ve in self.value_embeds]
         if self.bigram_embed is not None:
             bigrams = self.bigram_embed(bigram_hash(inputs, self.bigram_embed.num_embeddings)).bfloat16()[None]
-        skips, half = [], len(self.blocks) // 2
+        outputs = {}  # src -> its output
         for i, block in enumerate(self.blocks):
-            if i >= half:
-                x = x + torch.sigmoid(self.skip_gates[i - half]) * skips.pop()
+            for k, (src, dst) in enumerate(self.skip_pairs):
+                if dst == i:
+                    x = x + torch.sigmoid(self.skip_gates[k]) * outputs[src]
             if self.bigram_embed is not None:
                 x = x + self.bigram_lambdas[i] * bigrams
             j = self.value_embed_of_block[i]
             x = block(x, x0, ves[j] if j is not None else None, masks[self.window_pattern[i]])
-            if i < half:
-                skips.append(x)
+            if any(src == i for src, _ in self.skip_pairs):
+                outputs[i] = x
         x = norm(x[0])  # (T, D)
         if self.fp8_head and torch.is_grad_enabled():  # under no_grad, validation, the bf16 head: exact logits
             grad_scale = FP8_HEAD_GRAD_SCALE / (x.size(0) * self.micro_steps)
@@ -1554,7 +1566,14 @@ class Hyperparameters:
     num_iterations: int = 1750  # optimizer steps
     # model
     vocab_size: int = 50304  # 50257 padded to a multiple of 128
-    num_layers: int = 12  # transformer blocks (even: U-net skips pair the halves)
+    num_layers: int = 12  # transformer blocks (even with --skips=unet: its skips pair the halves)
+    # Upstream's record of 2025-11-18 keeps one skip, 3 -> 6 in its later 11-layer numbering (4 -> 7 then, beside a
+    # null layer 0), into a layer without attention (since 2025-09-21), gate init -1.5 (σ ≈ 0.18):
+    # --num_layers=11 --skips=3:6 --no_attention_layers=6 --skip_gate_init=-1.5
+    skips: str = "unet"  # unet: block i's output into block L-1-i's input, i < L/2; or src:dst pairs, e.g. 3:6
+    skip_gate_init: float = 0.0  # each skip adds σ(g)·output, g learned from this init
+    no_attention_layers: str = ""  # blocks with an MLP only, comma-separated, e.g. 6
+    sublayer_residual: bool = False  # x = c·x before each MLP too, a and c learned from √1.1 (off: a from 1)
     model_dim: int = 768  # residual stream width
     num_heads: int = 6  # attention heads; num_heads * head_dim = model_dim
     head_dim: int = 128  # attention head width
@@ -1644,12 +1663,22 @@ class Hyperparameters:
                 "must be a multiple of 8 with --fused_mlp: its kernel copies tiles by TMA, which needs 16-byte rows")
         require(not self.fp8_head or (self.model_dim % 16 == 0 and self.vocab_size % 16 == 0), "fp8_head",
                 "needs --model_dim and --vocab_size multiples of 16, as torch._scaled_mm's FP8 matmuls do")
-        require(self.num_layers % 2 == 0, "num_layers", "must be even (U-net skips pair the halves)")
+        require(self.skips != "unet" or self.num_layers % 2 == 0, "num_layers",
+                "must be even with --skips=unet (U-net skips pair the halves)")
+        require(re.fullmatch(r"unet|([0-9]+:[0-9]+(,[0-9]+:[0-9]+)*)?", self.skips) is not None
+                and all(src < dst < self.num_layers for src, dst in self.skip_pairs)
+                and len(set(self.skip_pairs)) == len(self.skip_pairs), "skips",
+                "must be unet or distinct src:dst pairs of block indices, src < dst < --num_layers, comma-separated")
         require(self.attn_gate_dim <= self.model_dim, "attn_gate_dim", "must not exceed --model_dim")
         require(re.fullmatch(r"([0-9]+(,[0-9]+)*)?", self.value_embed_layers) is not None
                 and all(i < self.num_layers for i in self.value_embed_layer_list)
                 and len(set(self.value_embed_layer_list)) == len(self.value_embed_layer_list), "value_embed_layers",
                 "must be distinct block indices below --num_layers, comma-separated")
+        require(re.fullmatch(r"([0-9]+(,[0-9]+)*)?", self.no_attention_layers) is not None
+                and all(i < self.num_layers for i in self.no_attention_layer_list), "no_attention_layers",
+                "must be block indices below --num_layers, comma-separated")
+        require(all(self.value_embed_of_block[i] is None for i in self.no_attention_layer_list), "no_attention_layers",
+                "names a block that reads a value embedding (see --value_embed_layers, --num_value_embeds)")
         require(self.bigram_buckets == 0 or self.bigram_buckets >= 2, "bigram_buckets",
                 "must be 0 (none) or at least 2 (one row is reserved for the first position)")
         require(len(self.window_pattern) == self.num_layers and set(self.window_pattern) <= {"S", "L"},
@@ -1688,6 +1717,18 @@ class Hyperparameters:
     @property
     def value_embed_layer_list(self) -> list[int]:
         return [int(i) for i in self.value_embed_layers.split(",")] if self.value_embed_layers else []
+
+    @property
+    def skip_pairs(self) -> list[tuple[int, int]]:
+        """(src, dst) per skip, in the order of their gates: src's output joins dst's input."""
+        if self.skips == "unet":
+            half = self.num_layers // 2
+            return [(half - 1 - k, half + k) for k in range(half)]
+        return [tuple(int(i) for i in pair.split(":")) for pair in self.skips.split(",")] if self.skips else []
+
+    @property
+    def no_attention_layer_list(self) -> list[int]:
+        return [int(i) for i in self.no_attention_layers.split(",")] if self.no_attention_layers else []
 
     @property
     def value_embed_of_block(self) -> list[int | None]:
@@ -1993,10 +2034,11 @@ def getattr_path(obj, path: str):
 
 def build_optimizers(model: GPT, hp: Hyperparameters, rank: int, world_size: int) -> list[torch.optim.Optimizer]:
     blocks = model.blocks
-    muon_groups = [dict(params=[getattr_path(b, label) for b in blocks], label=label, lr=hp.muon_lr,
-                        initial_lr=hp.muon_lr, neuron_axis=neuron_axis, lr_mul=lr_mul)
+    attended = [b for b in blocks if b.attn is not None]  # a block without attention has no attn.* matrices
+    muon_groups = [dict(params=[getattr_path(b, label) for b in (attended if label.startswith("attn.") else blocks)],
+                        label=label, lr=hp.muon_lr, initial_lr=hp.muon_lr, neuron_axis=neuron_axis, lr_mul=lr_mul)
                    for label, (neuron_axis, lr_mul) in MATRIX_PARAMS.items()]
-    scalars = [model.skip_gates] + [p for b in blocks for p in (b.residual_mix, b.attn.value_mix)]
+    scalars = [model.skip_gates] + [b.residual_mix for b in blocks] + [b.attn.value_mix for b in attended]
     if model.bigram_embed is not None:
         scalars.append(model.bigram_lambdas)
     if model.smear:
@@ -2012,7 +2054,7 @@ def build_optimizers(model: GPT, hp: Hyperparameters, rank: int, world_size: int
         adam_groups.append(dict(params=[model.bigram_embed.weight], lr=hp.adam_bigram_lr, label="bigram_embed"))
     if model.smear:
         adam_groups.append(dict(params=[model.smear_gate], lr=hp.adam_smear_gate_lr, label="smear_gate"))
-    value_gates = [b.attn.value_gate for b in blocks if b.attn.value_gate is not None]
+    value_gates = [b.attn.value_gate for b in attended if b.attn.value_gate is not None]
     if value_gates:  # upstream trains these gates with Adam (its record of 2026-01-03), not as matrices
         adam_groups.append(dict(params=value_gates, lr=hp.adam_value_gate_lr, label="value_gates"))
     for group in adam_groups:
@@ -2155,11 +2197,12 @@ def flops_per_token(model: GPT, inputs: torch.Tensor, windows: dict[str, int]) -
     """Training FLOPs per token: 6 · (matmul parameters, LM head included; embeddings are lookups, no FLOPs)
     plus attention 12 · attended keys · model_dim per layer (q·k and p·v, 2 FLOPs a multiply-add, forward +
     2x backward), counting for each query the keys its document-causal window really lets it see."""
-    matmul_params = model.lm_head.numel() + sum(b.attn.qkvo.numel() + b.mlp.fc.numel() + b.mlp.proj.numel()
-                                                for b in model.blocks)
+    matmul_params = model.lm_head.numel() + sum((b.attn.qkvo.numel() if b.attn is not None else 0) + b.mlp.fc.numel()
+                                                + b.mlp.proj.numel() for b in model.blocks)
     attended = {kind: attended_keys(inputs, w).float().mean().item() for kind, w in windows.items()}
     dim = model.embed.weight.size(1)
-    attention = sum(12 * attended[kind] * dim for kind in model.window_pattern)
+    attention = sum(12 * attended[kind] * dim
+                    for kind, b in zip(model.window_pattern, model.blocks) if b.attn is not None)
     return 6 * matmul_params, attention
 
 

@@ -1,5 +1,6 @@
 import dataclasses
 import math
+import re
 
 import pytest
 import torch
@@ -187,12 +188,14 @@ CAPPED = {"tanh:15": lambda l: 15 * torch.tanh(l / 15), "sigmoid:23,5,7.5": lamb
 
 def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], freqs: torch.Tensor, scale_gain: float,
                        logit_cap: str, mtp_weights: list[float] | None = None, value_embed_layers: str = "",
-                       value_embed_gates: bool = False) -> torch.Tensor:
+                       value_embed_gates: bool = False, skips: list[tuple[int, int]] | None = None,
+                       no_attention: tuple[int, ...] = ()) -> torch.Tensor:
     """The whole GPT written out in fp64, each wire spelled out: x0 = norm(embedding); block i first mixes
     a_i·x + b_i·x0; value embedding j feeds blocks j and L - num_ve + j, or, untied, the j-th block listed in
     value_embed_layers; with value_embed_gates each of those blocks weighs it by its own gate on the block's
-    normed input; a second-half block i first adds sigmoid(gate)·(output of its mirror block L - 1 - i); every
-    attention rotates by freqs and scales its scores by attn_scale · scale_gain; the head reads norm(x); logits are
+    normed input; a second-half block i first adds sigmoid(gate)·(output of its mirror block L - 1 - i), or, given
+    skips, block dst adds sigmoid(gate k)·(output of block src) for the k-th (src, dst); blocks in no_attention
+    skip attention; a third residual_mix entry c scales x by c before the MLP; every attention rotates by freqs and scales its scores by attn_scale · scale_gain; the head reads norm(x); logits are
     softcapped. With mtp_weights, position t also predicts the token k + 1 ahead, weight w_k, where the sequence
     still has one."""
     inputs, targets = tokens[:-1], tokens[1:]
@@ -206,8 +209,11 @@ def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], fre
     x0 = rms_norm(e)
     x, outputs = x0, []
     for i, block in enumerate(model.blocks):
-        if i >= L // 2:
+        if skips is None and i >= L // 2:
             x = x + torch.sigmoid(p["skip_gates"][i - L // 2]) * outputs[L - 1 - i]
+        for k, (src, dst) in enumerate(skips or []):
+            if dst == i:
+                x = x + torch.sigmoid(p["skip_gates"][k]) * outputs[src]
         if value_embed_layers:
             listed = [int(b) for b in value_embed_layers.split(",")]
             j = listed.index(i) if i in listed else None
@@ -217,10 +223,12 @@ def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], fre
         value_gate = p[f"blocks.{i}.attn.value_gate"] if value_embed_gates and j is not None else None
         if model.bigram_embed is not None:
             x = x + p["bigram_lambdas"][i] * p["bigram_embed.weight"][python_bigram_rows(inputs, model.bigram_embed.num_embeddings)]
-        a, b = p[f"blocks.{i}.residual_mix"]
+        a, b, *c = p[f"blocks.{i}.residual_mix"]  # c: the MLP's residual λ, with --sublayer_residual
         x = a * x + b * x0
-        x = x + attention_reference(block.attn, rms_norm(x), ve, inputs, windows[model.window_pattern[i]], freqs,
-                                    scale_gain, value_gate)
+        if i not in no_attention:
+            x = x + attention_reference(block.attn, rms_norm(x), ve, inputs, windows[model.window_pattern[i]], freqs,
+                                        scale_gain, value_gate)
+        x = c[0] * x if c else x
         x = x + torch.relu(rms_norm(x) @ p[f"blocks.{i}.mlp.fc"].T).square() @ p[f"blocks.{i}.mlp.proj"].T
         outputs.append(x)
     logits = CAPPED[logit_cap](rms_norm(x) @ p["lm_head"])
@@ -231,22 +239,30 @@ def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], fre
     return sum(w * loss for w, loss in zip(mtp_weights, shifted)) / T
 
 
-@pytest.mark.parametrize("logit_cap, bigram_buckets, smear, rope, value_embed_layers, value_embed_gates", [
-    ("tanh:15", 0, False, "plain", "", False), ("sigmoid:23,5,7.5", 0, False, "plain", "", False),
-    ("tanh:15", 97, False, "plain", "", False), ("tanh:15", 0, True, "plain", "", False),
-    ("tanh:15", 0, False, "half_yarn", "", False), ("tanh:15", 0, False, "plain", "1,2,3", False),
-    ("tanh:15", 0, False, "plain", "", True), ("tanh:15", 0, False, "plain", "1,2,3", True)])
+# (num_layers, window_pattern, --skips, --no_attention_layers, --sublayer_residual): the U-net, and an odd depth with
+# skips that share a source and a target (the order of the gates shows) around a block without attention
+LAYOUTS = {"unet": (4, "SLSL", "unet", "", False), "skips": (5, "SLSLS", "0:2,1:4,0:4", "2", True)}
+
+
+@pytest.mark.parametrize("logit_cap, bigram_buckets, smear, rope, value_embed_layers, value_embed_gates, layout", [
+    ("tanh:15", 0, False, "plain", "", False, "unet"), ("sigmoid:23,5,7.5", 0, False, "plain", "", False, "unet"),
+    ("tanh:15", 97, False, "plain", "", False, "unet"), ("tanh:15", 0, True, "plain", "", False, "unet"),
+    ("tanh:15", 0, False, "half_yarn", "", False, "unet"), ("tanh:15", 0, False, "plain", "1,2,3", False, "unet"),
+    ("tanh:15", 0, False, "plain", "", True, "unet"), ("tanh:15", 0, False, "plain", "1,2,3", True, "unet"),
+    ("tanh:15", 97, False, "plain", "", True, "skips")])
 def test_gpt_forward_matches_the_model_written_out(monkeypatch, logit_cap, bigram_buckets, smear, rope,
-                                                   value_embed_layers, value_embed_gates):
+                                                   value_embed_layers, value_embed_gates, layout):
     """Every parameter moved off its init (so no wire hides behind a zero or a symmetry), then GPT.forward against
     gpt_reference_loss. The model's bf16 casts are made fp32 here, so the two agree to float rounding and a skip
     from the wrong block, a value embedding fed to the wrong block, a swapped mix or a dropped gate all show. With
     half_yarn, the model is at its final validation, two YaRN stretches in (long windows 128 -> 256 -> 384)."""
     monkeypatch.setattr(torch.Tensor, "bfloat16", lambda t: t.float())
-    model, hp = tiny_model(num_layers=4, window_pattern="SLSL", num_value_embeds=2, logit_cap=logit_cap,
-                           bigram_buckets=bigram_buckets, smear=smear, rope=rope, window_blocks="1:1,1:2",
-                           val_window_blocks="1:3", value_embed_layers=value_embed_layers,
-                           value_embed_gates=value_embed_gates)
+    num_layers, window_pattern, skips, no_attention, sublayer_residual = LAYOUTS[layout]
+    model, hp = tiny_model(num_layers=num_layers, window_pattern=window_pattern, num_value_embeds=2,
+                           logit_cap=logit_cap, bigram_buckets=bigram_buckets, smear=smear, rope=rope,
+                           window_blocks="1:1,1:2", val_window_blocks="1:3", value_embed_layers=value_embed_layers,
+                           value_embed_gates=value_embed_gates, skips=skips, no_attention_layers=no_attention,
+                           sublayer_residual=sublayer_residual)
     tg.set_yarn(model, hp.num_iterations, hp)
     if rope == "plain":
         freqs, scale_gain = plain_frequencies(hp.head_dim, hp.rope_base), 1.0
@@ -259,15 +275,47 @@ def test_gpt_forward_matches_the_model_written_out(monkeypatch, logit_cap, bigra
         for ve in model.value_embeds:  # unit scale, far above their init, so a misrouted one shows
             ve.weight.normal_(generator=g)
         for block in model.blocks:  # unit scale: gates spread over (0, 2), so one on the wrong input shows
-            if block.attn.value_gate is not None:
+            if block.attn is not None and block.attn.value_gate is not None:
                 block.attn.value_gate.normal_(generator=g)
     tokens = random_documents(385, seed=8)
     windows = {"S": 128, "L": 256}
     loss = model(tokens[:-1].int(), tokens[1:].long(), {k: torch.tensor(w) for k, w in windows.items()})
     reference = gpt_reference_loss(model, tokens, windows, freqs, scale_gain, logit_cap, None,
-                                   value_embed_layers, value_embed_gates)
+                                   value_embed_layers, value_embed_gates,
+                                   None if skips == "unet" else [tuple(map(int, s.split(":"))) for s in skips.split(",")],
+                                   tuple(int(i) for i in no_attention.split(",") if i))
     # fp32 agrees to ~1e-7; the bound is tight enough that YaRN's stretch of the frequencies (4e-6 here) shows
     assert abs(loss.item() - reference.item()) < 1e-6 * reference.item(), (loss.item(), reference.item())
+
+
+def test_default_skips_are_the_unet_with_gates_at_sigmoid_one_half():
+    """Block i < L/2 feeds block L-1-i, gate k for the k-th block of the second half; every block attends."""
+    hp = tg.parse_args([])
+    assert hp.skip_pairs == [(5, 6), (4, 7), (3, 8), (2, 9), (1, 10), (0, 11)]
+    model, _ = tiny_model(num_layers=4, window_pattern="SLSL")
+    assert model.skip_pairs == [(1, 2), (0, 3)] and torch.equal(model.skip_gates.detach(), torch.zeros(2))
+    assert all(block.attn is not None for block in model.blocks)
+    model, _ = tiny_model(num_layers=5, window_pattern="SLSLS", skips="1:3", skip_gate_init=-1.5,
+                          no_attention_layers="2", num_value_embeds=2)
+    assert model.skip_pairs == [(1, 3)] and torch.equal(model.skip_gates.detach(), torch.tensor([-1.5]))
+    assert [block.attn is None for block in model.blocks] == [False, False, True, False, False]
+    assert all(torch.equal(block.residual_mix.detach(), torch.tensor([1.0, 0.0])) for block in model.blocks)
+    model, _ = tiny_model(sublayer_residual=True)
+    assert torch.allclose(model.blocks[1].residual_mix.detach(), torch.tensor([1.1**0.5, 0.0, 1.1**0.5]))
+
+
+def test_layout_flags_reject_what_the_model_cannot_wire():
+    for argv, needle in [(["--num_layers=11", "--window_pattern=SSSLSSSSSSL"], "must be even with --skips=unet"),
+                         (["--skips=6:3"], "--skips=6:3"), (["--skips=3:12"], "--skips=3:12"),
+                         (["--skips=3:6,3:6"], "--skips=3:6,3:6"), (["--skips=3-6"], "--skips=3-6"),
+                         (["--no_attention_layers=12"], "--no_attention_layers=12"),
+                         (["--no_attention_layers=0"], "reads a value embedding"),
+                         (["--value_embed_layers=4,6", "--no_attention_layers=6"], "reads a value embedding")]:
+        with pytest.raises(ValueError, match=re.escape(needle)):
+            tg.parse_args(argv)
+    hp = tg.parse_args(["--num_layers=11", "--window_pattern=SSSLSSSSSSL", "--skips=3:6", "--no_attention_layers=6"])
+    assert hp.skip_pairs == [(3, 6)] and hp.no_attention_layer_list == [6]
+    assert tg.parse_args(["--skips="]).skip_pairs == []
 
 
 def test_gpt_multi_token_loss_matches_the_model_written_out(monkeypatch):
@@ -294,7 +342,7 @@ def test_activations_stay_bf16_with_every_model_flag_on(value_embed_gates):
     """An fp32 parameter of shape (1,) or more promotes a bf16 activation to fp32: the model then runs its matmuls
     at the fp32 rate, and the fused MLP kernel, tiled for bf16, runs out of shared memory on a GPU."""
     model, hp = tiny_model(logit_cap="sigmoid:23,5,7.5", bigram_buckets=97, smear=True, value_embed_layers="0,1",
-                           value_embed_gates=value_embed_gates)
+                           value_embed_gates=value_embed_gates, sublayer_residual=True)
     with torch.no_grad():
         model.smear_lambda.fill_(0.5)
     seen = []

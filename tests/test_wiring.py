@@ -208,3 +208,34 @@ def test_value_embed_gates_are_trained_by_adam_with_upstreams_betas_and_the_embe
                         "--adam_value_gate_lr=0.003"])
     _, adam = tg.build_optimizers(tg.GPT(hp), hp, rank=0, world_size=1)
     assert [g["lr"] for g in adam.param_groups if g["label"] == "value_gates"] == [0.003]
+
+
+def test_a_block_without_attention_leaves_the_normuon_stacks_and_its_skip_gate_joins_the_scalars():
+    """--no_attention_layers=2: the attn.* groups stack the other blocks' matrices (one shape still), the MLP groups
+    every block's; the skip gates, every block's residual mix and each attention's value mix are Adam's scalars.
+    One real step moves the attention-free block's MLP and the skip gate."""
+    hp = tg.parse_args(["--preset=tiny", "--num_layers=5", "--window_pattern=SLSLS", "--num_value_embeds=2",
+                        "--skips=1:2,0:4", "--no_attention_layers=2", "--value_embed_gates=true"])
+    torch.manual_seed(0)
+    model = tg.GPT(hp)
+    muon, adam = tg.build_optimizers(model, hp, rank=0, world_size=1)
+    blocks, attended = list(model.blocks), [model.blocks[i] for i in (0, 1, 3, 4)]
+    assert model.blocks[2].attn is None
+    muon_params = {g["label"]: g["params"] for g in muon.param_groups}
+    assert muon_params == {"attn.qkvo": [b.attn.qkvo for b in attended], "attn.gate": [b.attn.gate for b in attended],
+                           "mlp.fc": [b.mlp.fc for b in blocks], "mlp.proj": [b.mlp.proj for b in blocks]}
+    scalars = {g["label"]: g for g in adam.param_groups}["scalars"]["params"]
+    assert scalars[0] is model.skip_gates and model.skip_gates.shape == (2,)
+    assert scalars[1:6] == [b.residual_mix for b in blocks] and scalars[6:10] == [b.attn.value_mix for b in attended]
+    with torch.no_grad():
+        for b in blocks:
+            b.mlp.proj.normal_(0, 0.02)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    tokens = torch.randint(0, hp.vocab_size, (129,), generator=torch.Generator().manual_seed(3))
+    windows = {"S": tg.window_tensor(128, torch.device("cpu")), "L": tg.window_tensor(256, torch.device("cpu"))}
+    model(tokens[:-1].int(), tokens[1:].long(), windows).backward()
+    model.tie_gradients()
+    for opt in (muon, adam):
+        opt.step()
+    for name in ("skip_gates", "blocks.2.mlp.fc", "blocks.2.mlp.proj", "blocks.2.residual_mix", "blocks.3.attn.qkvo"):
+        assert not torch.equal(before[name], dict(model.named_parameters())[name].detach()), name
