@@ -1613,6 +1613,7 @@ class Hyperparameters:
     adam_smear_gate_lr: float = 8e-5  # Adam lr of the smear gate's weights (upstream: 0.01x the head's)
     adam_value_gate_lr: float = 0.008  # Adam lr of the value-embedding gates' weights (upstream: the head's)
     adam_weight_decay: float = 0.005  # cautious weight decay, times lr² and ADAM_PARAMS' multiplier
+    adam_every: int = 1  # Adam steps every this many steps and on the last, on the gradients summed since (2: upstream)
     untie_frac: float = 2 / 3  # the embedding and LM head share weights until this fraction of training
     lr_warmup_steps: int = 0  # linear lr warm-up steps
     lr_stage_muls: str = "1.0,1.52,1.73"  # lr multiplier per batch stage (one per --seq_lens entry): ~sqrt(batch)
@@ -1644,7 +1645,7 @@ class Hyperparameters:
                      "model_dim", "num_heads", "head_dim", "mlp_mult", "attn_gate_dim", "attn_scale", "rope_base",
                      "embed_std", "value_embed_std", "muon_lr", "adam_embed_lr", "adam_head_lr",
                      "adam_value_embed_lr", "adam_scalar_lr", "adam_bigram_lr", "adam_smear_gate_lr",
-                     "adam_value_gate_lr"):
+                     "adam_value_gate_lr", "adam_every"):
             require(getattr(self, flag) > 0, flag, "must be positive")
         for flag in ("num_value_embeds", "muon_weight_decay", "adam_weight_decay", "lr_warmup_steps", "val_every",
                      "warmup_steps", "save_every", "bench_steps"):
@@ -1705,6 +1706,9 @@ class Hyperparameters:
                 "mtp_weights", "must be comma-separated stages of ':'-separated non-negative weights, each w or a..b")
         require(self.val_tokens % self.val_seq_len == 0, "val_tokens", "must be a multiple of --val_seq_len")
         require(bool(self.bench_steps) or not self.bench_trace, "bench_trace", "needs --bench_steps")
+        require(self.save_every % self.adam_every == 0, "save_every",
+                f"must be a multiple of --adam_every={self.adam_every}: a checkpoint between Adam steps would lose "
+                "the Adam gradients summed since the last one")
 
     @property
     def seq_len_stages(self) -> list[int]:
@@ -2009,9 +2013,16 @@ def mtp_weight_tensors(hp: Hyperparameters, device) -> list[torch.Tensor] | None
     return [torch.tensor(mtp_weights_at(step, hp), device=device) for step in range(hp.num_iterations)]
 
 
+def adam_steps_at(step: int, hp: Hyperparameters) -> bool:
+    """Adam steps on every --adam_every-th step (2: upstream's odd steps) and on the last, so no gradient is left
+    unused; the steps between only sum its parameters' gradients, and launch none of their communication."""
+    return (step + 1) % hp.adam_every == 0 or step == hp.num_iterations - 1
+
+
 def untie_step(hp: Hyperparameters) -> int:
-    """The first step at which the embedding and the LM head are trained as two matrices."""
-    return int(hp.untie_frac * hp.num_iterations)
+    """The first step at which the embedding and the LM head are trained as two matrices: rounded up to a multiple
+    of --adam_every, so it follows an Adam step and every gradient Adam sums was taken under one tie."""
+    return -(-int(hp.untie_frac * hp.num_iterations) // hp.adam_every) * hp.adam_every
 
 
 def set_schedules(optimizers, step: int, hp: Hyperparameters) -> None:
@@ -2068,10 +2079,11 @@ def build_optimizers(model: GPT, hp: Hyperparameters, rank: int, world_size: int
                      compiled=hp.compile and on_gpu(model.lm_head))]
 
 
-def set_grad_sync(optimizers, enabled: bool) -> None:
-    """Gradient communication starts from backward hooks only on the last micro-step of accumulation."""
+def set_grad_sync(optimizers, stepping, enabled: bool) -> None:
+    """Gradient communication starts from backward hooks only on the last micro-step of accumulation, and only
+    for the optimizers that step at this step (stepping)."""
     for opt in optimizers:
-        opt.grad_sync_enabled = enabled
+        opt.grad_sync_enabled = enabled and opt in stepping
 
 
 def no_phases(name: str):
@@ -2102,21 +2114,26 @@ def train_step(model: GPT, forward, optimizers, batches, step: int, hp: Hyperpar
     windows = window_tensors(step, hp, batches[0][0].device)
     set_yarn(model, step, hp)
     mtp_weights = mtp_table[step] if mtp_table is not None else None
+    adam_now = adam_steps_at(step, hp)
+    stepping = [opt for opt in optimizers if adam_now or not isinstance(opt, DistAdam)]
     total = torch.zeros((), device=batches[0][0].device)
     for i, (inputs, targets) in enumerate(batches):
-        set_grad_sync(optimizers, i == len(batches) - 1)
+        set_grad_sync(optimizers, stepping, i == len(batches) - 1)
         with phase("forward"):
             loss = forward(inputs, targets, windows, mtp_weights)
         with phase("backward"):
             (loss / len(batches)).backward()
         total += loss.detach() / len(batches)
     with phase("optimizer"):
-        model.tie_gradients()
+        if adam_now:  # the tied embedding's summed gradient joins the head's just before Adam reads it
+            model.tie_gradients()
         set_schedules(optimizers, step, hp)
-        for opt in optimizers:
+        for opt in stepping:
             opt.step()
-        model.zero_grad(set_to_none=True)
-        model.tie_weights()
+        for opt in stepping:  # a skipped optimizer's gradients stay, to be summed with the next step's
+            opt.zero_grad(set_to_none=True)
+        if adam_now:
+            model.tie_weights()
     if world_size > 1:
         dist.all_reduce(total)
     return total / world_size
@@ -2153,8 +2170,10 @@ def warmup_kernels(model: GPT, forward, optimizers, hp: Hyperparameters, rank: i
     accum = hp.slices_per_step // world_size
     for seq_len in hp.seq_len_stages:
         t0 = time.perf_counter()
-        for _ in range(hp.warmup_steps):
-            train_step(model, forward, optimizers, dummy_batches(seq_len, accum, device), 0, hp, world_size, mtp_table)
+        for i in range(hp.warmup_steps):  # steps 0, 1, ...: with --adam_every > 1, both the Adam and the other steps
+            step = i % hp.adam_every
+            train_step(model, forward, optimizers, dummy_batches(seq_len, accum, device), step, hp, world_size,
+                       mtp_table)
         synchronize(device)
         log(f"info:warmup seq_len:{seq_len} steps:{hp.warmup_steps} seconds:{time.perf_counter() - t0:.1f}")
     if hp.warmup_steps:
@@ -2164,6 +2183,7 @@ def warmup_kernels(model: GPT, forward, optimizers, hp: Hyperparameters, rank: i
     model.load_state_dict(model_state)
     for opt, state in zip(optimizers, optimizer_states):
         opt.load_state_dict(state)
+    model.zero_grad(set_to_none=True)  # Adam's gradients summed on a warm-up step it skipped
     model.tied = True
 
 

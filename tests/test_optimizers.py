@@ -360,3 +360,61 @@ def test_checkpoint_from_two_ranks_resumes_on_one_process(runs):
 def test_checkpoint_from_one_process_resumes_on_two_ranks(runs):
     for rank in runs["ranks"]:
         assert_same_params(rank["resumed"], runs["reference"])
+
+
+# --- Adam every other step (--adam_every=2): its gradients summed over two steps, no communication between ---
+
+ADAM_EVERY_STEPS = 4
+
+
+def adam_every_2_reference():
+    """One process: NorMuon steps on every step's rank-averaged grads, DistAdam on steps 1 and 3 on the sum of
+    the two steps' rank-averaged grads."""
+    muon, adam = make_optimizers(0, 1)
+    params = params_of(muon, adam)
+    for step in range(ADAM_EVERY_STEPS):
+        for i, p in enumerate(params):
+            grad = sum(grad_of(r, step, micro, i, p.shape) for r in range(SIM_RANKS) for micro in range(MICRO_STEPS))
+            p.grad = grad / SIM_RANKS if p.grad is None else p.grad + grad / SIM_RANKS
+        stepping = [muon, adam] if step % 2 == 1 else [muon]
+        set_schedule((muon, adam), step)
+        for opt in stepping:
+            opt.step()
+            opt.zero_grad()
+    return detached((muon, adam)), adam.state[params_of(adam)[0]]["step"]
+
+
+def adam_every_2_worker(rank, world_size):
+    """The loop's pattern through train_gpt.set_grad_sync: records the reduce-scatters launched during each step's
+    backward passes (NorMuon launches its own only in step())."""
+    import torch.distributed as dist
+    from train_gpt import set_grad_sync
+    muon, adam = make_optimizers(rank, world_size)
+    params = params_of(muon, adam)
+    launches, counting = [], [0]
+    reduce_scatter = dist.reduce_scatter_tensor
+
+    def counted(*args, **kwargs):
+        counting[0] += 1
+        return reduce_scatter(*args, **kwargs)
+    dist.reduce_scatter_tensor = counted
+    for step in range(ADAM_EVERY_STEPS):
+        stepping = [muon, adam] if step % 2 == 1 else [muon]
+        counting[0] = 0
+        for micro in range(MICRO_STEPS):
+            set_grad_sync((muon, adam), stepping, micro == MICRO_STEPS - 1)
+            sum((p * grad_of(rank, step, micro, i, p.shape)).sum() for i, p in enumerate(params)).backward()
+        launches.append(counting[0])
+        set_schedule((muon, adam), step)
+        for opt in stepping:
+            opt.step()
+            opt.zero_grad()
+    return dict(final=detached((muon, adam)), launches=launches)
+
+
+def test_adam_every_2_sums_two_steps_and_its_hooks_launch_nothing_on_the_skipped_one():
+    want, adam_steps = adam_every_2_reference()
+    assert adam_steps == ADAM_EVERY_STEPS // 2
+    for rank in run_gloo(adam_every_2_worker, 2):
+        assert_same_params(rank["final"], want)
+        assert rank["launches"] == [0, 2, 0, 2]  # the 2 hooked DistAdam params, on the last micro-step of Adam steps

@@ -219,6 +219,8 @@ def test_help_lists_every_flag_with_its_default_and_comment(capsys):
     (["--lr_stage_muls=0,1,1"], "--lr_stage_muls=0,1,1: must be comma-separated positive numbers"),
     (["--lr_stage_muls=1,1"], "--lr_stage_muls=1,1: needs one multiplier per --seq_lens stage"),
     (["--fp8_head=true", "--vocab_size=50260"], "--fp8_head=True: needs --model_dim and --vocab_size multiples of 16"),
+    (["--adam_every=0"], "--adam_every=0: must be positive"),
+    (["--adam_every=2", "--save_every=3"], "--save_every=3: must be a multiple of --adam_every=2"),
 ])
 def test_nonsensical_or_repeated_flags_are_refused(argv, message, capsys):
     assert tg.main(argv) == 2

@@ -1,4 +1,6 @@
 """How the parts are wired: what the optimizers and the model actually receive, step by step, in a real run."""
+import copy
+
 import pytest
 import torch
 
@@ -239,3 +241,80 @@ def test_a_block_without_attention_leaves_the_normuon_stacks_and_its_skip_gate_j
         opt.step()
     for name in ("skip_gates", "blocks.2.mlp.fc", "blocks.2.mlp.proj", "blocks.2.residual_mix", "blocks.3.attn.qkvo"):
         assert not torch.equal(before[name], dict(model.named_parameters())[name].detach()), name
+
+
+CPU = torch.device("cpu")
+
+
+def test_adam_steps_on_every_second_step_and_the_last_and_the_untie_follows_one():
+    hp = tg.parse_args(["--preset=tiny", "--adam_every=2", "--num_iterations=7", "--untie_frac=0.5"])
+    assert [tg.adam_steps_at(step, hp) for step in range(7)] == [False, True, False, True, False, True, True]
+    assert tg.untie_step(hp) == 4  # int(0.5 * 7) = 3, rounded up to follow the Adam step 3
+    default = tg.parse_args(["--preset=tiny", "--num_iterations=7", "--untie_frac=0.5"])
+    assert all(tg.adam_steps_at(step, default) for step in range(7)) and tg.untie_step(default) == 3
+
+
+def adam_every_2_model():
+    torch.manual_seed(0)
+    hp = tg.parse_args(["--preset=tiny", "--adam_every=2", "--num_iterations=4"])
+    model = tg.GPT(hp)
+    return hp, model, tg.build_optimizers(model, hp, rank=0, world_size=1)
+
+
+def params_of(opt):
+    return [p for group in opt.param_groups for p in group["params"]]
+
+
+def test_adam_every_2_makes_one_adam_update_on_the_two_steps_summed_gradient():
+    hp, model, (muon, adam) = adam_every_2_model()
+    reference = copy.deepcopy(model)
+    names = {p: name for name, p in model.named_parameters()}
+    initial = {p: p.detach().clone() for p in model.parameters()}
+    batches = [tg.dummy_batches(128, 1, CPU, seed=seed) for seed in (1, 2)]
+
+    tg.train_step(model, model, [muon, adam], batches[0], 0, hp, 1, None)
+    assert len(muon.state) == len(muon.param_groups) and all(p.grad is None for p in params_of(muon))
+    assert not torch.equal(model.blocks[0].attn.qkvo, initial[model.blocks[0].attn.qkvo])  # NorMuon stepped
+    assert all(torch.equal(p, initial[p]) for p in params_of(adam)) and not adam.state  # Adam did not
+    first = {names[p]: p.grad.clone() for p in params_of(adam)}  # the embedding's too: not folded yet
+
+    probe = copy.deepcopy(model)  # the second step's gradient alone, at the weights after the first step
+    probe.zero_grad(set_to_none=True)
+    inputs, targets = batches[1][0]
+    probe(inputs, targets, tg.window_tensors(1, hp, CPU)).backward()
+    want = {name: first[name] + p.grad for name, p in probe.named_parameters() if name in first}
+    want["lm_head"] = want["lm_head"] + want.pop("embed.weight").T  # tied: the embedding's joins the head's
+
+    seen, adam_step = {}, adam.step
+
+    def recording_step():
+        seen.update({names[p]: p.grad.clone() for p in params_of(adam) if p.grad is not None})
+        adam_step()
+    adam.step = recording_step
+    tg.train_step(model, model, [muon, adam], batches[1], 1, hp, 1, None)
+    assert seen.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(seen[name], want[name], rtol=1e-6, atol=0)
+
+    reference_adam = tg.build_optimizers(reference, hp, rank=0, world_size=1)[1]  # Adam alone, on the summed grad
+    for name, p in reference.named_parameters():
+        p.grad = want.get(name)
+    tg.set_schedules([reference_adam], 1, hp)
+    reference_adam.step()
+    got = dict(model.named_parameters())
+    for name, p in reference.named_parameters():
+        if name in want:
+            torch.testing.assert_close(got[name], p, rtol=0, atol=1e-7)
+    assert not torch.equal(model.lm_head, initial[model.lm_head])
+    assert {s["step"] for s in adam.state.values()} == {1}
+    assert torch.equal(model.embed.weight, model.lm_head.T)  # tied again after the Adam step
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_warmup_leaves_no_adam_gradient_from_a_step_adam_skipped():
+    hp, model, optimizers = adam_every_2_model()
+    hp.warmup_steps = 1  # step 0 only: Adam skips it, so its gradients stay summed
+    initial = {name: p.detach().clone() for name, p in model.named_parameters()}
+    tg.warmup_kernels(model, model, optimizers, hp, 0, 1, CPU, lambda line, console=True: None, None)
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(p, initial[name]) for name, p in model.named_parameters())
