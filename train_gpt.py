@@ -1990,8 +1990,10 @@ def yarn_at(step: int, hp: Hyperparameters) -> tuple[torch.Tensor, float]:
 
 
 def set_yarn(model: GPT, step: int, hp: Hyperparameters) -> None:
-    """Derived from the step alone, so a resumed run gets the state of an uninterrupted one."""
-    model.rotary.set_yarn(*yarn_at(step, hp))
+    """Derived from the step alone, so a resumed run gets the state of an uninterrupted one. Plain RoPE's tables never
+    change: nothing to compute on the step's hot path."""
+    if hp.rope != "plain":
+        model.rotary.set_yarn(*yarn_at(step, hp))
 
 
 def mtp_weights_at(step: int, hp: Hyperparameters) -> list[float]:
