@@ -936,15 +936,17 @@ class NorMuon(torch.optim.Optimizer):
                 .clone().to(params[0].device) for key in saved[0]}
 
 
-def adam_update_(weights, grad, exp_avg, exp_avg_sq, lr: float, beta1: float, beta2: float, eps: float,
-                 weight_decay: float, step: int) -> None:
+def adam_update_(weights, grad, exp_avg, exp_avg_sq, hyper: torch.Tensor) -> None:
     """Bias-corrected Adam with cautious weight decay, in place on flat fp32 shards: the moments, then the weights,
     decayed by lr²·weight_decay only where the update already pulls them toward zero. Compiled, it is one pass
-    over the four tensors instead of the ~18 that the eager ops make, which matters for the 290M-row bigram table."""
+    over the four tensors instead of the ~18 that the eager ops make, which matters for the 290M-row bigram table.
+    hyper: fp32 [lr, beta1, beta2, eps, weight_decay, 1 - beta1^step, 1 - beta2^step] on the weights' device.
+    Tensors, not floats: compiled on CUDA, a float lr was guarded on its value, so each new lr recompiled."""
+    lr, beta1, beta2, eps, weight_decay, correction1, correction2 = hyper.unbind()
     # Not lerp_: compiled with symbolic betas of 0.8 and 0.95, two lerp_s gave wrong moments (torch 2.13, CPU).
     exp_avg.mul_(beta1).add_(grad * (1 - beta1))
     exp_avg_sq.mul_(beta2).add_(grad.square() * (1 - beta2))
-    update = exp_avg / ((exp_avg_sq / (1 - beta2 ** step)).sqrt() + eps) * (lr / (1 - beta1 ** step))
+    update = exp_avg / ((exp_avg_sq / correction2).sqrt() + eps) * (lr / correction1)
     weights.sub_(weights * ((update * weights > 0) * (lr * lr * weight_decay)) + update)
 
 
@@ -987,9 +989,9 @@ class DistAdam(torch.optim.Optimizer):
         shard = grad.new_empty(grad.numel() // self.world_size)
         return shard, dist.reduce_scatter_tensor(shard, grad, op=dist.ReduceOp.SUM, async_op=True), grad
 
-    def _update_shard(self, group, p: torch.Tensor, grad: torch.Tensor, work) -> tuple:
-        """grad: this rank's flat shard -> (p flat and padded, this rank's shard updated; the pending
-        all-gather that fills in the other shards, or None)."""
+    def _update_shard(self, p: torch.Tensor, grad: torch.Tensor, work, hyper: torch.Tensor) -> tuple:
+        """grad: this rank's flat shard; hyper: adam_update_'s -> (p flat and padded, this rank's shard updated;
+        the pending all-gather that fills in the other shards, or None)."""
         if work is not None:
             work.wait()
             grad.div_(self.world_size)  # SUM then scale: gloo has no AVG
@@ -999,16 +1001,28 @@ class DistAdam(torch.optim.Optimizer):
         if weights.numel() < size:  # the last shards may lie in the padding
             weights = F.pad(weights, (0, size - weights.numel()))
         state = self.state[p]
-        if not state:
-            state.update(step=0, exp_avg=torch.zeros_like(weights), exp_avg_sq=torch.zeros_like(weights))
-        state["step"] += 1
-        self.update(weights, grad.float(), state["exp_avg"], state["exp_avg_sq"], group["lr"] * group["lr_mul"],
-                    *group["betas"], group["eps"], group["weight_decay"], state["step"])
+        if "exp_avg" not in state:
+            state.update(exp_avg=torch.zeros_like(weights), exp_avg_sq=torch.zeros_like(weights))
+        self.update(weights, grad.float(), state["exp_avg"], state["exp_avg_sq"], hyper)
         weights = weights.to(p.dtype)
         if self.world_size == 1:
             return weights, None
         full = weights.new_empty(size * self.world_size)
         return full, dist.all_gather_into_tensor(full, weights, async_op=True)
+
+    def _hyperparameters(self, todo) -> torch.Tensor:
+        """Counts a step for each param in todo -> adam_update_'s hyper, one row per param, on their device:
+        built on the host, then one copy from pinned memory that does not wait for the GPU."""
+        rows = []
+        for group, p in todo:
+            state = self.state[p]
+            state["step"] = state.get("step", 0) + 1
+            beta1, beta2 = group["betas"]
+            rows.append([group["lr"] * group["lr_mul"], beta1, beta2, group["eps"], group["weight_decay"],
+                         1 - beta1 ** state["step"], 1 - beta2 ** state["step"]])
+        hypers = torch.tensor(rows, dtype=torch.float32).reshape(len(rows), 7)
+        device = todo[0][1].device if todo else hypers.device
+        return hypers.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else hypers
 
     @torch.no_grad()
     def step(self):
@@ -1017,7 +1031,9 @@ class DistAdam(torch.optim.Optimizer):
             if p not in self._grads_in_flight:
                 self._grads_in_flight[p] = self._reduce_scatter_grad(p)
         in_flight = [self._grads_in_flight.pop(p) for _, p in todo]  # held until step() returns
-        gathers = [self._update_shard(g, p, share, work) for (g, p), (share, work, _) in zip(todo, in_flight)]
+        hypers = self._hyperparameters(todo)
+        gathers = [self._update_shard(p, share, work, hyper)
+                   for (_, p), (share, work, _), hyper in zip(todo, in_flight, hypers)]
         for (_, p), (full, work) in zip(todo, gathers):
             if work is not None:
                 work.wait()
@@ -1623,7 +1639,7 @@ class Hyperparameters:
     mtp_weights: str = "1"  # per equal stage: loss weights of the targets 1, 2, ... ahead (':'); a..b: a to b
     # run
     val_every: int = 125  # validate every this many steps (0: only at the end)
-    warmup_steps: int = 10  # kernel warm-up steps per batch shape, on dummy data, before the timed region
+    warmup_steps: int = 10  # kernel warm-up steps per batch shape (at least adam_every), on dummy data, untimed
     seed: int = 0  # seed of the model's initialization
     run_id: str = ""  # the log is log_dir/<run_id>.txt (default: a random id)
     log_dir: str = "logs"  # where logs are written
@@ -2170,14 +2186,14 @@ def warmup_kernels(model: GPT, forward, optimizers, hp: Hyperparameters, rank: i
     model_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     optimizer_states = [opt.state_dict() for opt in optimizers]
     accum = hp.slices_per_step // world_size
+    steps = max(hp.warmup_steps, hp.adam_every) if hp.warmup_steps else 0  # with --adam_every > 1, both kinds of step
     for seq_len in hp.seq_len_stages:
         t0 = time.perf_counter()
-        for i in range(hp.warmup_steps):  # steps 0, 1, ...: with --adam_every > 1, both the Adam and the other steps
-            step = i % hp.adam_every
-            train_step(model, forward, optimizers, dummy_batches(seq_len, accum, device), step, hp, world_size,
-                       mtp_table)
+        for i in range(steps):
+            train_step(model, forward, optimizers, dummy_batches(seq_len, accum, device), i % hp.adam_every, hp,
+                       world_size, mtp_table)
         synchronize(device)
-        log(f"info:warmup seq_len:{seq_len} steps:{hp.warmup_steps} seconds:{time.perf_counter() - t0:.1f}")
+        log(f"info:warmup seq_len:{seq_len} steps:{steps} seconds:{time.perf_counter() - t0:.1f}")
     if hp.warmup_steps:
         with torch.no_grad():
             inputs, targets = dummy_batches(hp.val_seq_len, 1, device)[0]

@@ -313,8 +313,20 @@ def test_adam_every_2_makes_one_adam_update_on_the_two_steps_summed_gradient():
 
 def test_warmup_leaves_no_adam_gradient_from_a_step_adam_skipped():
     hp, model, optimizers = adam_every_2_model()
-    hp.warmup_steps = 1  # step 0 only: Adam skips it, so its gradients stay summed
+    hp.warmup_steps = 3  # steps 0, 1, 2: Adam skips the last, so its gradients stay summed
     initial = {name: p.detach().clone() for name, p in model.named_parameters()}
     tg.warmup_kernels(model, model, optimizers, hp, 0, 1, CPU, lambda line, console=True: None, None)
     assert all(p.grad is None for p in model.parameters())
     assert all(torch.equal(p, initial[name]) for name, p in model.named_parameters())
+
+
+def test_warmup_runs_an_adam_step_and_a_skipped_one_with_adam_every_2(monkeypatch):
+    """One warm-up step would compile only the step Adam skips; the first real Adam step would then compile in the
+    timed region."""
+    hp, model, optimizers = adam_every_2_model()
+    hp.warmup_steps = 1
+    steps, lines = [], []
+    monkeypatch.setattr(tg, "train_step", lambda model, forward, optimizers, batches, step, *a: steps.append(step))
+    tg.warmup_kernels(model, model, optimizers, hp, 0, 1, CPU, lambda line, console=True: lines.append(line), None)
+    assert steps == [0, 1] * len(hp.seq_len_stages)
+    assert all("steps:2 " in line for line in lines)
