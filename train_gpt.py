@@ -1722,6 +1722,8 @@ class Hyperparameters:
                 "mtp_weights", "must be comma-separated stages of ':'-separated non-negative weights, each w or a..b")
         require(self.val_tokens % self.val_seq_len == 0, "val_tokens", "must be a multiple of --val_seq_len")
         require(bool(self.bench_steps) or not self.bench_trace, "bench_trace", "needs --bench_steps")
+        require(self.bench_steps % self.adam_every == 0, "bench_steps",
+                f"must be a multiple of --adam_every={self.adam_every}: it times whole cycles of Adam and other steps")
         require(self.save_every % self.adam_every == 0, "save_every",
                 f"must be a multiple of --adam_every={self.adam_every}: a checkpoint between Adam steps would lose "
                 "the Adam gradients summed since the last one")
@@ -2189,9 +2191,9 @@ def warmup_kernels(model: GPT, forward, optimizers, hp: Hyperparameters, rank: i
     steps = max(hp.warmup_steps, hp.adam_every) if hp.warmup_steps else 0  # with --adam_every > 1, both kinds of step
     for seq_len in hp.seq_len_stages:
         t0 = time.perf_counter()
-        for i in range(steps):
-            train_step(model, forward, optimizers, dummy_batches(seq_len, accum, device), i % hp.adam_every, hp,
-                       world_size, mtp_table)
+        for i in range(steps):  # a run's first steps (a 1-step run has only its last, an Adam step)
+            train_step(model, forward, optimizers, dummy_batches(seq_len, accum, device),
+                       min(i % hp.adam_every, hp.num_iterations - 1), hp, world_size, mtp_table)
         synchronize(device)
         log(f"info:warmup seq_len:{seq_len} steps:{steps} seconds:{time.perf_counter() - t0:.1f}")
     if hp.warmup_steps:
@@ -2255,24 +2257,32 @@ def timed(device, fn) -> float:
 def benchmark(model: GPT, forward, optimizers, hp: Hyperparameters, world_size: int, device, log: Logger,
               mtp_table: list | None):
     """Full training steps at the final batch size on synthetic documents: ms per step, tokens/s, MFU against
-    the measured matmul rate, peak memory, and where the time goes."""
-    step = hp.num_iterations - 1  # the final stage: largest batch and windows
+    the measured matmul rate, peak memory, and where the time goes. The steps cycle through the final stage's
+    last --adam_every steps before the last, of which Adam steps on one, as training does; a step's time is its
+    cycle's mean (the median over cycles; so is the phase breakdown)."""
+    cycle = [max(0, hp.num_iterations - 1 - hp.adam_every + k) for k in range(hp.adam_every)]
+    step = cycle[-1]  # the final stage: largest batch and windows
     seq_len, accum = seq_len_at(step, hp), hp.slices_per_step // world_size
     batches = [dummy_batches(seq_len, accum, device, seed=i) for i in range(hp.bench_steps)]
     if on_gpu(device):
         torch.cuda.reset_peak_memory_stats(device)
-    step_ms = [timed(device, lambda b=b: train_step(model, forward, optimizers, b, step, hp, world_size, mtp_table))
-               for b in batches]
+    step_ms = [timed(device, lambda b=b, s=cycle[i % len(cycle)]: train_step(model, forward, optimizers, b, s, hp,
+                                                                              world_size, mtp_table))
+               for i, b in enumerate(batches)]
+    step_ms = [sum(step_ms[i:i + len(cycle)]) / len(cycle) for i in range(0, len(step_ms), len(cycle))]
     median, lo, hi = sorted(step_ms)[len(step_ms) // 2], min(step_ms), max(step_ms)
     phases = PhaseTimer(device)
-    train_step(model, forward, optimizers, batches[0], step, hp, world_size, mtp_table, phase=phases)
+    for b, s in zip(batches, cycle):
+        train_step(model, forward, optimizers, b, s, hp, world_size, mtp_table, phase=phases)
+    phases.ms = {name: ms / len(cycle) for name, ms in phases.ms.items()}
     matmul, attention = flops_per_token(model, batches[0][0][0], windows_at(step, hp))
     tokens = hp.slices_per_step * seq_len
     peak = matmul_tflops(device)
     achieved = (matmul + attention) * tokens / (median / 1000) / 1e12
     total = sum(phases.ms.values())
     log(f"info:bench device:{torch.cuda.get_device_name(device) if on_gpu(device) else 'cpu'} "
-        f"world_size:{world_size} accumulation:{accum} tokens_per_step:{tokens} seq_len:{seq_len} steps:{len(step_ms)}")
+        f"world_size:{world_size} accumulation:{accum} tokens_per_step:{tokens} seq_len:{seq_len} steps:{len(batches)} "
+        f"adam_every:{len(cycle)}")
     log(f"info:bench step_ms_median:{median:.1f} step_ms_min:{lo:.1f} step_ms_max:{hi:.1f} "
         f"tokens_per_s:{tokens / (median / 1000):.0f} tokens_per_s_per_gpu:{tokens / (median / 1000) / world_size:.0f}")
     log(f"info:bench flops_per_token:{(matmul + attention) / 1e6:.1f}M = 6*matmul_params {matmul / 1e6:.1f}M "
@@ -2284,8 +2294,8 @@ def benchmark(model: GPT, forward, optimizers, hp: Hyperparameters, world_size: 
         profiled = min(3, len(batches))
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
                                                 torch.profiler.ProfilerActivity.CUDA]) as prof:
-            wall_ms = timed(device, lambda: [train_step(model, forward, optimizers, b, step, hp, world_size, mtp_table)
-                                             for b in batches[:profiled]])
+            wall_ms = timed(device, lambda: [train_step(model, forward, optimizers, b, cycle[i % len(cycle)], hp,
+                                                        world_size, mtp_table) for i, b in enumerate(batches[:profiled])])
         prof.export_chrome_trace(hp.bench_trace)
         # Device kernels only: an operator's row repeats the time of the kernels it launched.
         kernels = sorted((e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA),
