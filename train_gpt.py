@@ -1297,8 +1297,8 @@ FP8_HEAD_GRAD_SCALE = 0.75 / 448
 
 
 class GPT(nn.Module):
-    """GPT with sigmoid-gated skips, by default a U-net: the first half of the blocks feed the mirrored second half
-    (--skips names other src:dst pairs); blocks listed in --no_attention_layers have an MLP only. The LM head
+    """GPT with sigmoid-gated skips: src:dst pairs (--skips; the record's is 3:6), or a U-net where the first half
+    of the blocks feed the mirrored second half; blocks listed in --no_attention_layers have an MLP only. The LM head
     is stored (D, V), the transpose of the (V, D) embedding; while `tied`, the two hold the same weights.
     micro_steps: gradient-accumulation steps per optimizer step, which scale the gradient the FP8 head quantizes."""
 
@@ -1582,35 +1582,34 @@ class Hyperparameters:
     num_iterations: int = 1750  # optimizer steps
     # model
     vocab_size: int = 50304  # 50257 padded to a multiple of 128
-    num_layers: int = 12  # transformer blocks (even with --skips=unet: its skips pair the halves)
+    num_layers: int = 11  # transformer blocks (even with --skips=unet: its skips pair the halves)
     # Upstream's record of 2025-11-18 keeps one skip, 3 -> 6 in its later 11-layer numbering (4 -> 7 then, beside a
-    # null layer 0), into a layer without attention (since 2025-09-21), gate init -1.5 (σ ≈ 0.18):
-    # --num_layers=11 --skips=3:6 --no_attention_layers=6 --skip_gate_init=-1.5
-    skips: str = "unet"  # unet: block i's output into block L-1-i's input, i < L/2; or src:dst pairs, e.g. 3:6
-    skip_gate_init: float = 0.0  # each skip adds σ(g)·output, g learned from this init
-    no_attention_layers: str = ""  # blocks with an MLP only, comma-separated, e.g. 6
-    sublayer_residual: bool = False  # x = c·x before each MLP too, a and c learned from √1.1 (off: a from 1)
+    # null layer 0), into a layer without attention (since 2025-09-21), gate init -1.5 (σ ≈ 0.18). Before 2026-12-02
+    # ours was --num_layers=12 --skips=unet --skip_gate_init=0 --no_attention_layers= --sublayer_residual=false
+    skips: str = "3:6"  # unet: block i's output into block L-1-i's input, i < L/2; or src:dst pairs, e.g. 3:6
+    skip_gate_init: float = -1.5  # each skip adds σ(g)·output, g learned from this init
+    no_attention_layers: str = "6"  # blocks with an MLP only, comma-separated, e.g. 6
+    sublayer_residual: bool = True  # x = c·x before each MLP too, a and c learned from √1.1 (off: a from 1)
     model_dim: int = 768  # residual stream width
     num_heads: int = 6  # attention heads; num_heads * head_dim = model_dim
     head_dim: int = 128  # attention head width
     mlp_mult: int = 4  # MLP hidden width = mlp_mult * model_dim
     attn_gate_dim: int = 12  # residual channels that drive the per-head output gates
     num_value_embeds: int = 3  # value embeddings, each feeding one block of each half
-    # Upstream's record of 2026-01-26 gives its 11 layers 0, 1, 8, 9, 10 five untied value embeddings; its layer k is
-    # our block k + 1 (it dropped a first layer that already had neither attention nor MLP), so ours are 1,2,9,10,11.
-    value_embed_layers: str = ""  # blocks that each get their own value embedding, e.g. 1,2,9,10,11 ("": tied)
-    value_embed_gates: bool = False  # v = a·v + 2σ(w·x[:attn_gate_dim])·value_embedding per head, w zero at init
-    attn_scale: float = 0.12  # QK-norm bounds q·k by head_dim, so the usual 1/sqrt(head_dim) is too soft
-    rope: str = "plain"  # plain: rope_base^(-i/(head_dim/2)) on every pair; half_yarn: half the pairs still, YaRN
+    # Upstream's record of 2026-01-26 gives its 11 layers 0, 1, 8, 9, 10 five untied value embeddings, as ours.
+    value_embed_layers: str = "0,1,8,9,10"  # blocks that each get their own value embedding ("": tied)
+    value_embed_gates: bool = True  # v = a·v + 2σ(w·x[:attn_gate_dim])·value_embedding per head, w zero at init
+    attn_scale: float = 0.1  # QK-norm bounds q·k by head_dim, so the usual 1/sqrt(head_dim) is too soft (plain: 0.12)
+    rope: str = "half_yarn"  # plain: rope_base^(-i/(head_dim/2)) on every pair; half_yarn: half the pairs still, YaRN
     rope_base: float = 10000.0  # rotary embedding base (--rope=plain)
     logit_cap: str = "sigmoid:23,5,7.5"  # tanh:C bounds logits as C·tanh(l/C), sigmoid:A,B,C as A·σ((l+B)/C)
     embed_std: float = 0.005  # init std of the token embedding (and the tied LM head)
     value_embed_std: float = 0.01  # init std of the value embeddings
     bigram_buckets: int = 377_280  # rows of a hashed token-pair embedding added to each block's input (0: none)
     smear: bool = True  # each token's embedding takes a gated share of the previous token's
-    window_pattern: str = "SSSLSSSLSSSL"  # per block: S short or L long sliding window
+    window_pattern: str = "SSSLSSSSSSL"  # per block: S short or L long sliding window
     window_blocks: str = "1:3,3:7,5:11"  # short:long sliding windows per equal stage of training, in 128-token blocks
-    val_window_blocks: str = ""  # short:long windows of the validation after the last step ("": the last stage's)
+    val_window_blocks: str = "6:13"  # short:long windows of the validation after the last step ("": the last stage's)
     fused_mlp: bool = True  # relu² fused into the MLP's matmuls (Triton, CUDA only): -27 ms a step, -3.4 GiB on H100
     fp8_head: bool = False  # LM head in FP8 while training (CUDA, capability >= 8.9): e4m3 inputs, e5m2 gradient
     # optimization
@@ -1629,14 +1628,14 @@ class Hyperparameters:
     adam_smear_gate_lr: float = 8e-5  # Adam lr of the smear gate's weights (upstream: 0.01x the head's)
     adam_value_gate_lr: float = 0.008  # Adam lr of the value-embedding gates' weights (upstream: the head's)
     adam_weight_decay: float = 0.005  # cautious weight decay, times lr² and ADAM_PARAMS' multiplier
-    adam_every: int = 1  # Adam steps every this many steps and on the last, on the gradients summed since (2: upstream)
+    adam_every: int = 2  # Adam steps every this many steps and on the last, on the gradients summed since
     untie_frac: float = 2 / 3  # the embedding and LM head share weights until this fraction of training
     lr_warmup_steps: int = 0  # linear lr warm-up steps
     lr_stage_muls: str = "1.0,1.52,1.73"  # lr multiplier per batch stage (one per --seq_lens entry): ~sqrt(batch)
     cooldown_frac: float = 0.6  # the last 60% of steps decay the learning rates linearly ...
     final_lr_frac: float = 0.15  # ... to this fraction
-    # multi-token prediction; upstream's record of 2025-12-22 is 1:0.5:0.25..0,1:0.5..0,1 (its 3 batch stages)
-    mtp_weights: str = "1"  # per equal stage: loss weights of the targets 1, 2, ... ahead (':'); a..b: a to b
+    # multi-token prediction, upstream's since its record of 2025-12-22 (one stage per batch stage); "1": none
+    mtp_weights: str = "1:0.5:0.25..0,1:0.5..0,1"  # per equal stage: weights of targets 1, 2, ... ahead; a..b: a to b
     # run
     val_every: int = 125  # validate every this many steps (0: only at the end)
     warmup_steps: int = 10  # kernel warm-up steps per batch shape (at least adam_every), on dummy data, untimed
@@ -1789,7 +1788,10 @@ PRESETS = {
     # tokens); every schedule is a fraction of the run, so it scales with the step count.
     "proxy": dict(slices_per_step=1, seq_lens="65536", lr_stage_muls="1.0", num_iterations=500, val_every=100,
                   val_tokens=2_097_152, warmup_steps=3),
-    "tiny": dict(num_layers=2, model_dim=64, num_heads=2, head_dim=32, attn_gate_dim=8, num_value_embeds=1,
+    # The record's model at toy size; two blocks hold no 3 -> 6 skip or attention-free block 6: a U-net, one tied
+    # value embedding without gates.
+    "tiny": dict(num_layers=2, skips="unet", no_attention_layers="", value_embed_layers="", value_embed_gates=False,
+                 val_window_blocks="", model_dim=64, num_heads=2, head_dim=32, attn_gate_dim=8, num_value_embeds=1,
                  bigram_buckets=1021, window_pattern="SL", window_blocks="1:1,1:2", seq_lens="128", lr_stage_muls="1.0",
                  val_tokens=2048, val_seq_len=512, num_iterations=40, val_every=10, warmup_steps=1,
                  momentum_warmup_frac=0.25),

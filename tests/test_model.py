@@ -68,13 +68,14 @@ def test_attention_scale_grows_by_yarns_rule_at_each_longer_window():
     """The record's long windows 3, 7, 11 blocks over thirds of 1500 steps, validation at 13: the gain is 1, then
     1 + 0.2·ln(7/3) = 1.1694596, then times 1 + 0.2·ln(11/7): 1.2751752, then times 1 + 0.2·ln(13/11): 1.3177799.
     Plain RoPE keeps 1 and the validation window, when not given, is the last stage's."""
-    hp = tg.parse_args(["--rope=half_yarn", "--num_iterations=1500", "--val_window_blocks=6:13"])
+    hp = tg.parse_args(["--num_iterations=1500"])  # the record's: half_yarn, validation at 6:13 blocks
+    assert (hp.rope, hp.val_window_blocks) == ("half_yarn", "6:13")
     gains = [tg.yarn_at(step, hp)[1] for step in (0, 499, 500, 999, 1000, 1499, 1500)]
     assert gains == pytest.approx([1.0, 1.0, 1.1694596, 1.1694596, 1.2751752, 1.2751752, 1.3177799], rel=1e-7)
     assert tg.windows_at(1500, hp) == {"S": 768, "L": 1664} and tg.windows_at(1499, hp) == {"S": 640, "L": 1408}
     torch.testing.assert_close(tg.yarn_at(1500, hp)[0].double(), half_yarn_frequencies(128, [384, 896, 1408, 1664])[0],
                                atol=0, rtol=1e-6)
-    plain = tg.parse_args(["--num_iterations=1500"])
+    plain = tg.parse_args(["--num_iterations=1500", "--rope=plain", "--val_window_blocks="])
     assert [tg.yarn_at(step, plain)[1] for step in (0, 1000, 1500)] == [1.0] * 3
     assert tg.windows_at(1500, plain) == tg.windows_at(1499, plain)
 
@@ -288,15 +289,18 @@ def test_gpt_forward_matches_the_model_written_out(monkeypatch, logit_cap, bigra
     assert abs(loss.item() - reference.item()) < 1e-6 * reference.item(), (loss.item(), reference.item())
 
 
-def test_default_skips_are_the_unet_with_gates_at_sigmoid_one_half():
-    """Block i < L/2 feeds block L-1-i, gate k for the k-th block of the second half; every block attends."""
+def test_skips_are_the_records_one_pair_or_the_unet_with_gates_at_sigmoid_one_half():
+    """The record: 11 blocks, one skip 3 -> 6 gated from -1.5, block 6 without attention. The U-net: block i < L/2
+    feeds block L-1-i, gate k for the k-th block of the second half; every block attends."""
     hp = tg.parse_args([])
+    assert (hp.num_layers, hp.skip_pairs, hp.skip_gate_init, hp.no_attention_layer_list) == (11, [(3, 6)], -1.5, [6])
+    hp = tg.parse_args(["--num_layers=12", "--window_pattern=SSSLSSSLSSSL", "--skips=unet", "--no_attention_layers="])
     assert hp.skip_pairs == [(5, 6), (4, 7), (3, 8), (2, 9), (1, 10), (0, 11)]
-    model, _ = tiny_model(num_layers=4, window_pattern="SLSL")
+    model, _ = tiny_model(num_layers=4, window_pattern="SLSL", skip_gate_init=0)
     assert model.skip_pairs == [(1, 2), (0, 3)] and torch.equal(model.skip_gates.detach(), torch.zeros(2))
     assert all(block.attn is not None for block in model.blocks)
     model, _ = tiny_model(num_layers=5, window_pattern="SLSLS", skips="1:3", skip_gate_init=-1.5,
-                          no_attention_layers="2", num_value_embeds=2)
+                          no_attention_layers="2", num_value_embeds=2, sublayer_residual=False)
     assert model.skip_pairs == [(1, 3)] and torch.equal(model.skip_gates.detach(), torch.tensor([-1.5]))
     assert [block.attn is None for block in model.blocks] == [False, False, True, False, False]
     assert all(torch.equal(block.residual_mix.detach(), torch.tensor([1.0, 0.0])) for block in model.blocks)
@@ -305,7 +309,7 @@ def test_default_skips_are_the_unet_with_gates_at_sigmoid_one_half():
 
 
 def test_layout_flags_reject_what_the_model_cannot_wire():
-    for argv, needle in [(["--num_layers=11", "--window_pattern=SSSLSSSSSSL"], "must be even with --skips=unet"),
+    for argv, needle in [(["--skips=unet"], "must be even with --skips=unet"),
                          (["--skips=6:3"], "--skips=6:3"), (["--skips=3:12"], "--skips=3:12"),
                          (["--skips=3:6,3:6"], "--skips=3:6,3:6"), (["--skips=3-6"], "--skips=3-6"),
                          (["--no_attention_layers=12"], "--no_attention_layers=12"),
@@ -313,15 +317,15 @@ def test_layout_flags_reject_what_the_model_cannot_wire():
                          (["--value_embed_layers=4,6", "--no_attention_layers=6"], "reads a value embedding")]:
         with pytest.raises(ValueError, match=re.escape(needle)):
             tg.parse_args(argv)
-    hp = tg.parse_args(["--num_layers=11", "--window_pattern=SSSLSSSSSSL", "--skips=3:6", "--no_attention_layers=6"])
-    assert hp.skip_pairs == [(3, 6)] and hp.no_attention_layer_list == [6]
+    hp = tg.parse_args(["--num_layers=12", "--window_pattern=SSSLSSSLSSSL", "--skips=2:7", "--no_attention_layers=7"])
+    assert hp.skip_pairs == [(2, 7)] and hp.no_attention_layer_list == [7]
     assert tg.parse_args(["--skips="]).skip_pairs == []
 
 
 def test_gpt_multi_token_loss_matches_the_model_written_out(monkeypatch):
     """GPT.forward with three weighted targets ahead against gpt_reference_loss; the weights change the loss."""
     monkeypatch.setattr(torch.Tensor, "bfloat16", lambda t: t.float())
-    model, hp = tiny_model(logit_cap="sigmoid:23,5,7.5")
+    model, hp = tiny_model(logit_cap="sigmoid:23,5,7.5", rope="plain")
     with torch.no_grad():
         for param in model.parameters():
             param.add_(0.3 * torch.randn(param.shape, generator=torch.Generator().manual_seed(9)))
@@ -360,7 +364,7 @@ def tiny_model(**overrides):
 
 
 def test_zero_initialized_output_projections_make_blocks_identity():
-    model, hp = tiny_model()
+    model, hp = tiny_model(sublayer_residual=False)
     for block in model.blocks:
         assert torch.count_nonzero(block.attn.qkvo[3]) == 0 and torch.count_nonzero(block.mlp.proj) == 0
         x, x0 = torch.randn(2, 1, 16, hp.model_dim).unbind(0)
@@ -368,10 +372,11 @@ def test_zero_initialized_output_projections_make_blocks_identity():
         assert torch.equal(block(x, x0, None, mask), x)  # residual_mix starts at (1, 0): x, not x0, passes
 
 
-def test_value_embeds_stay_tied_across_the_u_net_by_default():
-    """Without the new flags the record's layout is today's: 3 embeddings, embedding i in blocks i and 9 + i, no
-    gates, each block mixing a·v + b·value_embedding."""
-    assert tg.parse_args([]).value_embed_of_block == [0, 1, 2] + [None] * 6 + [0, 1, 2]
+def test_value_embeds_tied_across_the_u_net_without_value_embed_layers():
+    """--value_embed_layers= gives the layout of before 2026-12-02: 3 embeddings, embedding i in blocks i and
+    9 + i, no gates, each block mixing a·v + b·value_embedding."""
+    tied = ["--num_layers=12", "--window_pattern=SSSLSSSLSSSL", "--skips=unet", "--value_embed_layers="]
+    assert tg.parse_args(tied).value_embed_of_block == [0, 1, 2] + [None] * 6 + [0, 1, 2]
     model, hp = tiny_model(num_layers=12, window_pattern="SSSLSSSLSSSL", num_value_embeds=3)
     assert model.value_embed_of_block == [0, 1, 2] + [None] * 6 + [0, 1, 2] and len(model.value_embeds) == 3
     assert all(b.attn.value_gate is None and b.attn.value_mix.tolist() == [0.5, 0.5] for b in model.blocks)
@@ -379,9 +384,12 @@ def test_value_embeds_stay_tied_across_the_u_net_by_default():
 
 
 def test_untied_value_embeds_feed_the_listed_blocks_through_gates_open_at_one():
-    """Upstream's 5 untied embeddings on our blocks 1, 2, 9, 10, 11: the k-th listed block reads embedding k, each
-    of them with a zero gate (2σ(0) = 1) and only a in its mix; the other blocks have neither."""
-    hp = tg.parse_args(["--value_embed_layers=1,2,9,10,11", "--value_embed_gates=true"])
+    """The record's (upstream's) 5 untied embeddings on blocks 0, 1, 8, 9, 10 of 11; on 12 blocks 1, 2, 9, 10, 11:
+    the k-th listed block reads embedding k, each of them with a zero gate (2σ(0) = 1) and only a in its mix; the
+    other blocks have neither."""
+    hp = tg.parse_args([])
+    assert hp.value_embed_of_block == [0, 1] + [None] * 6 + [2, 3, 4] and hp.value_embed_gates
+    hp = tg.parse_args(["--num_layers=12", "--window_pattern=SSSLSSSLSSSL", "--value_embed_layers=1,2,9,10,11"])
     assert hp.value_embed_of_block == [None, 0, 1] + [None] * 6 + [2, 3, 4]
     model, hp = tiny_model(num_layers=12, window_pattern="SSSLSSSLSSSL", value_embed_layers="1,2,9,10,11",
                            value_embed_gates=True, value_embed_std=0.01)
@@ -433,7 +441,8 @@ def test_parse_args_overrides_and_rejects_bad_flags():
     assert tg.parse_args([]).model_dim == 768
     for argv, needle in [(["--nope=1"], "unknown flag --nope"), (["--num_iterations=x"], "--num_iterations=x"),
                          (["num_iterations=3"], "expected --name=value"), (["--preset=huge"], "--preset=huge"),
-                         (["--num_layers=3", "--window_pattern=SSL"], "--num_layers=3"),
+                         (["--num_layers=3", "--window_pattern=SSL", "--skips=unet", "--no_attention_layers=",
+                           "--value_embed_layers="], "--num_layers=3"),
                          (["--num_heads=9", "--head_dim=9", "--model_dim=81"], "--model_dim=81: must be a multiple of 8")]:
         try:
             tg.parse_args(argv)
@@ -444,7 +453,7 @@ def test_parse_args_overrides_and_rejects_bad_flags():
 
 
 def test_schedules():
-    hp = tg.parse_args(["--num_iterations=100", "--cooldown_frac=0.5", "--final_lr_frac=0.1",
+    hp = tg.parse_args(["--num_iterations=100", "--cooldown_frac=0.5", "--final_lr_frac=0.1", "--val_window_blocks=",
                         "--seq_lens=1024,2048", "--lr_stage_muls=1.0,1.5", "--window_blocks=1:3,3:7,5:11",
                         "--momentum_warmup_frac=0.2", "--momentum_cooldown_frac=0.1"])
     # lr: stage multiplier 1.0 then 1.5; from step 50 linear from the stage's multiplier to 0.1
@@ -460,8 +469,9 @@ def test_schedules():
 
 def test_multi_token_weights_follow_the_schedule():
     """Upstream's record schedule [1, 0.5, 0.25->0] -> [1, 0.5->0] -> [1] in thirds of training, written as its
-    rule in x = step / steps, padded to three weights; the default is the next-token loss, no table at all."""
-    hp = tg.parse_args(["--num_iterations=90", "--mtp_weights=1:0.5:0.25..0,1:0.5..0,1"])
+    rule in x = step / steps, padded to three weights, the record's default; the next-token loss has no table."""
+    hp = tg.parse_args(["--num_iterations=90"])
+    assert hp.mtp_weights == "1:0.5:0.25..0,1:0.5..0,1"
 
     def rule(step):
         x = step / 90
@@ -473,7 +483,7 @@ def test_multi_token_weights_follow_the_schedule():
     assert len(table) == 90 and all(t.shape == (3,) and t.dtype == torch.float32 for t in table)
     assert table[15].tolist() == pytest.approx(rule(15))
     assert tg.parse_args(["--mtp_weights=2:1..3"]).mtp_stages == [[(2.0, 2.0), (1.0, 3.0)]]
-    assert tg.mtp_weight_tensors(tg.parse_args([]), "cpu") is None
+    assert tg.mtp_weight_tensors(tg.parse_args(["--mtp_weights=1"]), "cpu") is None
     assert tg.mtp_weight_tensors(tg.parse_args(["--mtp_weights=1,1"]), "cpu") is None
     for bad in ("", "1:", "1..", "-1", "1;2", "1:0.5..x", "1,,1", "1>0", "1...0..2"):
         with pytest.raises(ValueError, match="--mtp_weights"):

@@ -17,7 +17,7 @@ SCHEDULE_FLAGS = ["--num_iterations=12", "--warmup_steps=0", "--val_every=0", "-
                   "--cooldown_frac=0.5", "--final_lr_frac=0.2", "--momentum_warmup_frac=0.5", "--untie_frac=0.5",
                   "--window_blocks=1:1,1:2,2:4,3:5", "--momentum_cooldown_frac=0.25", "--seq_lens=128,256",
                   "--lr_stage_muls=1.0,1.5", "--rope=half_yarn", "--val_window_blocks=4:6",
-                  "--mtp_weights=1:0.5:0.25..0,1:0.5..0,1"]
+                  "--mtp_weights=1:0.5:0.25..0,1:0.5..0,1", "--adam_every=1"]  # Adam on every step: each lr is seen
 
 
 @pytest.fixture(scope="module")
@@ -250,8 +250,9 @@ def test_adam_steps_on_every_second_step_and_the_last_and_the_untie_follows_one(
     hp = tg.parse_args(["--preset=tiny", "--adam_every=2", "--num_iterations=7", "--untie_frac=0.5"])
     assert [tg.adam_steps_at(step, hp) for step in range(7)] == [False, True, False, True, False, True, True]
     assert tg.untie_step(hp) == 4  # int(0.5 * 7) = 3, rounded up to follow the Adam step 3
-    default = tg.parse_args(["--preset=tiny", "--num_iterations=7", "--untie_frac=0.5"])
-    assert all(tg.adam_steps_at(step, default) for step in range(7)) and tg.untie_step(default) == 3
+    assert tg.parse_args([]).adam_every == 2  # the record's, upstream's
+    every = tg.parse_args(["--preset=tiny", "--adam_every=1", "--num_iterations=7", "--untie_frac=0.5"])
+    assert all(tg.adam_steps_at(step, every) for step in range(7)) and tg.untie_step(every) == 3
 
 
 def adam_every_2_model():
