@@ -11,7 +11,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train_gpt as T  # noqa: E402
 
 # The matrices NorMuon orthogonalizes in the record model, stacked as the optimizer stacks them.
-MATRIX_BATCHES = [("attention", (48, 768, 768)), ("mlp in", (12, 3072, 768)), ("mlp out", (12, 768, 3072))]
+RECORD = T.Hyperparameters()
+ATTENDED = RECORD.num_layers - len(RECORD.no_attention_layer_list)
+MATRIX_BATCHES = [("attention", (4 * ATTENDED, 768, 768)), ("mlp in", (RECORD.num_layers, 3072, 768)),
+                  ("mlp out", (RECORD.num_layers, 768, 3072))]
 VOCAB, DIM = 50304, 768
 B, C = -2.808917465908714, 0.5000178451051316  # a Polar Express step's (b, c)
 CAP = T.LogitCap.parse(T.Hyperparameters.logit_cap)
