@@ -795,7 +795,7 @@ MATRIX_PARAMS = {
 # Per DistAdam group: ((beta1, beta2), weight-decay multiplier), upstream's validated values. Decay is cautious
 # and proportional to lr², so it grows with the lr of the group: the embedding and head decay 150x, value
 # embeddings 5x, the value-embedding gates 1x (upstream's default), the scalars not at all; scalars and gates
-# average over a longer window (0.9, 0.99).
+# average over a longer window (0.9, 0.99); the XSA strengths, upstream's, (0.9, 0.95) without decay.
 ADAM_PARAMS = {
     "lm_head": ((0.5, 0.95), 150.0),
     "embed": ((0.5, 0.95), 150.0),
@@ -804,6 +804,7 @@ ADAM_PARAMS = {
     "bigram_embed": ((0.75, 0.95), 5.0),
     "smear_gate": ((0.9, 0.99), 0.0),
     "value_gates": ((0.9, 0.99), 1.0),
+    "xsa_alphas": ((0.9, 0.95), 0.0),
 }
 
 
@@ -1210,7 +1211,7 @@ def bigram_hash(inputs: torch.Tensor, buckets: int) -> torch.Tensor:
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, head_dim: int, gate_dim: int, rotary: Rotary, scale: float,
-                 value_gate: bool = False):
+                 value_gate: bool = False, xsa: bool = False):
         super().__init__()
         assert num_heads * head_dim == dim, "q, k, v and the output projection share one (4, dim, dim) bank"
         self.num_heads, self.head_dim, self.gate_dim, self.scale = num_heads, head_dim, gate_dim, scale
@@ -1226,6 +1227,7 @@ class CausalSelfAttention(nn.Module):
         else:
             self.value_mix = nn.Parameter(torch.tensor([0.5, 0.5]))  # v = a·v + b·value_embedding
             self.value_gate = None
+        self.xsa_alpha = nn.Parameter(torch.zeros(num_heads)) if xsa else None  # tanh(0) = 0: plain attention at init
 
     def forward(self, x: torch.Tensor, value_embed, mask) -> torch.Tensor:  # x: (B, T, D)
         B, T, D = x.shape
@@ -1238,6 +1240,8 @@ class CausalSelfAttention(nn.Module):
         if value_embed is not None:
             v = self.value_mix[0] * v + self.value_embed_weight(x) * value_embed.view_as(v)
         y = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, self.scale).transpose(1, 2)
+        if self.xsa_alpha is not None:
+            y = self.exclude_self(y, v)
         gate = torch.sigmoid(F.linear(x[..., : self.gate_dim], self.gate.type_as(x)))  # (B, T, H)
         y = (y * gate[..., None]).reshape(B, T, D)
         return F.linear(y, w[3])
@@ -1247,6 +1251,13 @@ class CausalSelfAttention(nn.Module):
         if self.value_gate is None:
             return self.value_mix[1]
         return 2 * torch.sigmoid(F.linear(x[..., :self.gate_dim], self.value_gate.type_as(x)))[..., None]
+
+    def exclude_self(self, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Exclusive self attention (Zhai 2026, arXiv:2603.09078) at a learned strength, as upstream's record of
+        2026-05-07: y, v: (B, T, H, head_dim) -> y less tanh(α_h) of its component along the token's own value."""
+        v_hat = F.normalize(v, dim=-1, eps=1e-4)  # upstream's eps: a zero value has no direction to remove
+        strength = torch.tanh(self.xsa_alpha).type_as(y)[:, None]  # (H, 1)
+        return y - strength * (y * v_hat).sum(-1, keepdim=True) * v_hat
 
 
 class MLP(nn.Module):
@@ -1263,9 +1274,10 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
     def __init__(self, dim: int, num_heads: int, head_dim: int, mlp_hidden: int, gate_dim: int, rotary, scale,
-                 fused_mlp: bool, value_gate: bool = False, attention: bool = True, sublayer_residual: bool = False):
+                 fused_mlp: bool, value_gate: bool = False, attention: bool = True, sublayer_residual: bool = False,
+                 xsa: bool = False):
         super().__init__()
-        self.attn = (CausalSelfAttention(dim, num_heads, head_dim, gate_dim, rotary, scale, value_gate)
+        self.attn = (CausalSelfAttention(dim, num_heads, head_dim, gate_dim, rotary, scale, value_gate, xsa)
                      if attention else None)
         self.mlp = MLP(dim, mlp_hidden, fused_mlp)
         # x = a·x + b·x0 (x0: the token embedding); with sublayer_residual also x = c·x before the MLP, a and c at
@@ -1318,7 +1330,8 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(
             Block(D, hp.num_heads, hp.head_dim, hp.mlp_mult * D, hp.attn_gate_dim, self.rotary, hp.attn_scale,
                   hp.fused_mlp, value_gate=hp.value_embed_gates and j is not None,
-                  attention=i not in hp.no_attention_layer_list, sublayer_residual=hp.sublayer_residual)
+                  attention=i not in hp.no_attention_layer_list, sublayer_residual=hp.sublayer_residual,
+                  xsa=i in hp.xsa_layer_list)
             for i, j in enumerate(self.value_embed_of_block))
         self.skip_pairs = hp.skip_pairs  # (src, dst): gate k adds σ(skip_gates[k])·(src's output) to dst's input
         self.skip_gates = nn.Parameter(torch.full((len(self.skip_pairs),), hp.skip_gate_init))
@@ -1599,6 +1612,9 @@ class Hyperparameters:
     # Upstream's record of 2026-01-26 gives its 11 layers 0, 1, 8, 9, 10 five untied value embeddings, as ours.
     value_embed_layers: str = "0,1,8,9,10"  # blocks that each get their own value embedding ("": tied)
     value_embed_gates: bool = True  # v = a·v + 2σ(w·x[:attn_gate_dim])·value_embedding per head, w zero at init
+    # Upstream's record of 2026-05-07 puts XSA on its layers 1, 3, 4, 7, 8, 10, all but its paired-head ones (0, 2, 5,
+    # 9; we have none); our blocks number as its layers, 6 without attention: its choice is --xsa_layers=1,3,4,7,8,10
+    xsa_layers: str = ""  # blocks whose attention drops tanh(α_h) of its output along the token's own value, α from 0
     attn_scale: float = 0.1  # QK-norm bounds q·k by head_dim, so the usual 1/sqrt(head_dim) is too soft (plain: 0.12)
     rope: str = "half_yarn"  # plain: rope_base^(-i/(head_dim/2)) on every pair; half_yarn: half the pairs still, YaRN
     rope_base: float = 10000.0  # rotary embedding base (--rope=plain)
@@ -1627,6 +1643,7 @@ class Hyperparameters:
     adam_bigram_lr: float = 0.6  # Adam lr of the bigram hash embedding
     adam_smear_gate_lr: float = 8e-5  # Adam lr of the smear gate's weights (upstream: 0.01x the head's)
     adam_value_gate_lr: float = 0.008  # Adam lr of the value-embedding gates' weights (upstream: the head's)
+    adam_xsa_lr: float = 0.008  # Adam lr of the XSA strengths α (--xsa_layers; upstream: the head's)
     adam_weight_decay: float = 0.005  # cautious weight decay, times lr² and ADAM_PARAMS' multiplier
     adam_every: int = 2  # Adam steps every this many steps and on the last, on the gradients summed since
     untie_frac: float = 2 / 3  # the embedding and LM head share weights until this fraction of training
@@ -1660,7 +1677,7 @@ class Hyperparameters:
                      "model_dim", "num_heads", "head_dim", "mlp_mult", "attn_gate_dim", "attn_scale", "rope_base",
                      "embed_std", "value_embed_std", "muon_lr", "adam_embed_lr", "adam_head_lr",
                      "adam_value_embed_lr", "adam_scalar_lr", "adam_bigram_lr", "adam_smear_gate_lr",
-                     "adam_value_gate_lr", "adam_every"):
+                     "adam_value_gate_lr", "adam_xsa_lr", "adam_every"):
             require(getattr(self, flag) > 0, flag, "must be positive")
         for flag in ("num_value_embeds", "muon_weight_decay", "adam_weight_decay", "lr_warmup_steps", "val_every",
                      "warmup_steps", "save_every", "bench_steps"):
@@ -1695,6 +1712,10 @@ class Hyperparameters:
                 "must be block indices below --num_layers, comma-separated")
         require(all(self.value_embed_of_block[i] is None for i in self.no_attention_layer_list), "no_attention_layers",
                 "names a block that reads a value embedding (see --value_embed_layers, --num_value_embeds)")
+        require(re.fullmatch(r"([0-9]+(,[0-9]+)*)?", self.xsa_layers) is not None
+                and all(i < self.num_layers and i not in self.no_attention_layer_list for i in self.xsa_layer_list)
+                and len(set(self.xsa_layer_list)) == len(self.xsa_layer_list), "xsa_layers",
+                "must be distinct indices of blocks with attention (see --no_attention_layers), comma-separated")
         require(self.bigram_buckets == 0 or self.bigram_buckets >= 2, "bigram_buckets",
                 "must be 0 (none) or at least 2 (one row is reserved for the first position)")
         require(len(self.window_pattern) == self.num_layers and set(self.window_pattern) <= {"S", "L"},
@@ -1738,6 +1759,10 @@ class Hyperparameters:
     @property
     def value_embed_layer_list(self) -> list[int]:
         return [int(i) for i in self.value_embed_layers.split(",")] if self.value_embed_layers else []
+
+    @property
+    def xsa_layer_list(self) -> list[int]:
+        return [int(i) for i in self.xsa_layers.split(",")] if self.xsa_layers else []
 
     @property
     def skip_pairs(self) -> list[tuple[int, int]]:
@@ -2090,6 +2115,9 @@ def build_optimizers(model: GPT, hp: Hyperparameters, rank: int, world_size: int
     value_gates = [b.attn.value_gate for b in attended if b.attn.value_gate is not None]
     if value_gates:  # upstream trains these gates with Adam (its record of 2026-01-03), not as matrices
         adam_groups.append(dict(params=value_gates, lr=hp.adam_value_gate_lr, label="value_gates"))
+    xsa_alphas = [b.attn.xsa_alpha for b in attended if b.attn.xsa_alpha is not None]
+    if xsa_alphas:  # upstream trains them with Adam apart from its scalars: the head's lr, betas (0.9, 0.95)
+        adam_groups.append(dict(params=xsa_alphas, lr=hp.adam_xsa_lr, label="xsa_alphas"))
     for group in adam_groups:
         betas, wd_mul = ADAM_PARAMS[group["label"]]
         group.update(initial_lr=group["lr"], betas=betas, weight_decay=hp.adam_weight_decay * wd_mul)

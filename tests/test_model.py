@@ -119,11 +119,12 @@ def test_flex_attention_block_mask_matches_dense_mask_attention():
     torch.testing.assert_close(flex, dense, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("rope", ["plain", "half_yarn"])
-def test_attention_block_matches_a_reference_written_out(rope):
+@pytest.mark.parametrize("rope, xsa", [("plain", False), ("half_yarn", False), ("plain", True)])
+def test_attention_block_matches_a_reference_written_out(rope, xsa):
     """The whole attention module (q, k, v from the shared bank, per-head q/k norm and rotation, value-embedding
     mix, document-causal window, sigmoid gates, output projection) against the same math written out in fp64,
-    with the rotation as complex numbers and the mask from loops; half_yarn after one stretch, 128 -> 384 tokens."""
+    with the rotation as complex numbers and the mask from loops; half_yarn after one stretch, 128 -> 384 tokens.
+    With xsa, each head's output first loses its projection on the token's value at a strength of its own."""
     torch.manual_seed(4)
     T, D, H, Dh, gate_dim, window, scale = 40, 64, 2, 32, 12, 16, 0.12
     rotary = tg.Rotary(tg.rotary_frequencies(Dh, 1024.0, rope), T, yarn=rope == "half_yarn")
@@ -131,16 +132,19 @@ def test_attention_block_matches_a_reference_written_out(rope):
     if rope == "half_yarn":
         freqs, scale_gain = half_yarn_frequencies(Dh, [128, 384])
         rotary.set_yarn(tg.yarn_stretch(tg.rotary_frequencies(Dh, 1024.0, rope), 128, 384), scale_gain)
-    attn = tg.CausalSelfAttention(D, H, Dh, gate_dim, rotary, scale)
+    attn = tg.CausalSelfAttention(D, H, Dh, gate_dim, rotary, scale, xsa=xsa)
     with torch.no_grad():  # the output projection and gates start at zero: give them values that show errors
         attn.qkvo[3].normal_(0, D**-0.5)
         attn.gate.normal_()
         attn.value_mix.copy_(torch.tensor([0.7, -0.4]))
+        if xsa:  # one strength per head, of either sign, so a swapped head or a dropped tanh shows
+            attn.xsa_alpha.copy_(torch.tensor([1.3, -0.6]))
     tokens = random_documents(T, seed=5)
     tokens[[0, 13, 29]] = tg.BOS_ID
     x, ve = torch.randn(2, 1, T, D).unbind(0)
     y = attn(x, ve, tg.attention_mask(tokens, torch.tensor(window)))
-    out = attention_reference(attn, x[0].double(), ve[0].double(), tokens, window, freqs, scale_gain)
+    out = attention_reference(attn, x[0].double(), ve[0].double(), tokens, window, freqs, scale_gain,
+                              xsa_alpha=attn.xsa_alpha.detach().double() if xsa else None)
     torch.testing.assert_close(y[0].double(), out, atol=2e-5, rtol=2e-5)
 
 
@@ -150,10 +154,12 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
 
 def attention_reference(attn, x: torch.Tensor, ve: torch.Tensor | None, tokens: torch.Tensor, window: int,
                         freqs: torch.Tensor, scale_gain: float = 1.0,
-                        value_gate: torch.Tensor | None = None) -> torch.Tensor:
+                        value_gate: torch.Tensor | None = None, xsa_alpha: torch.Tensor | None = None) -> torch.Tensor:
     """x, ve: (T, D) fp64 -> the attention module's output (T, D) in fp64: heads one by one in einsum, the
     rotation as complex numbers by freqs, scores scaled by attn.scale · scale_gain, the mask from loops. With
-    value_gate (H, k), head h's value takes 2σ(value_gate[h]·x[:k]) of the value embedding instead of the mix's b."""
+    value_gate (H, k), head h's value takes 2σ(value_gate[h]·x[:k]) of the value embedding instead of the mix's b.
+    With xsa_alpha (H,), exclusive self attention: head h's output o at token t becomes o - tanh(α_h)·(o·v)/(v·v)·v,
+    v that token's own value in head h."""
     T, D = x.shape
     H, Dh = attn.num_heads, attn.head_dim
     W = attn.qkvo.detach().double()
@@ -169,7 +175,11 @@ def attention_reference(attn, x: torch.Tensor, ve: torch.Tensor | None, tokens: 
     scores = attn.scale * scale_gain * torch.einsum("qhd,khd->hqk", q, k)
     p = torch.softmax(scores.masked_fill(~document_window_from_loops(tokens, window), float("-inf")), dim=-1)
     gate = torch.sigmoid(x[:, :attn.gate_dim] @ attn.gate.detach().double().T)  # (T, H)
-    return (torch.einsum("hqk,khd->qhd", p, v) * gate[..., None]).reshape(T, D) @ W[3].T
+    o = torch.einsum("hqk,khd->qhd", p, v)
+    if xsa_alpha is not None:
+        along_v = torch.einsum("thd,thd->th", o, v) / torch.einsum("thd,thd->th", v, v)  # (T, H)
+        o = o - torch.tanh(xsa_alpha)[None, :, None] * along_v[..., None] * v
+    return (o * gate[..., None]).reshape(T, D) @ W[3].T
 
 
 def python_bigram_rows(inputs: torch.Tensor, buckets: int) -> list[int]:
@@ -190,15 +200,16 @@ CAPPED = {"tanh:15": lambda l: 15 * torch.tanh(l / 15), "sigmoid:23,5,7.5": lamb
 def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], freqs: torch.Tensor, scale_gain: float,
                        logit_cap: str, mtp_weights: list[float] | None = None, value_embed_layers: str = "",
                        value_embed_gates: bool = False, skips: list[tuple[int, int]] | None = None,
-                       no_attention: tuple[int, ...] = ()) -> torch.Tensor:
+                       no_attention: tuple[int, ...] = (), xsa_layers: tuple[int, ...] = ()) -> torch.Tensor:
     """The whole GPT written out in fp64, each wire spelled out: x0 = norm(embedding); block i first mixes
     a_i·x + b_i·x0; value embedding j feeds blocks j and L - num_ve + j, or, untied, the j-th block listed in
     value_embed_layers; with value_embed_gates each of those blocks weighs it by its own gate on the block's
     normed input; a second-half block i first adds sigmoid(gate)·(output of its mirror block L - 1 - i), or, given
     skips, block dst adds sigmoid(gate k)·(output of block src) for the k-th (src, dst); blocks in no_attention
-    skip attention; a third residual_mix entry c scales x by c before the MLP; every attention rotates by freqs and scales its scores by attn_scale · scale_gain; the head reads norm(x); logits are
-    softcapped. With mtp_weights, position t also predicts the token k + 1 ahead, weight w_k, where the sequence
-    still has one."""
+    skip attention; blocks in xsa_layers take out of each head's output its part along the token's own value, a
+    share tanh(xsa_alpha[h]); a third residual_mix entry c scales x by c before the MLP; every attention rotates
+    by freqs and scales its scores by attn_scale · scale_gain; the head reads norm(x); logits are softcapped.
+    With mtp_weights, position t also predicts the token k + 1 ahead, weight w_k, where the sequence still has one."""
     inputs, targets = tokens[:-1], tokens[1:]
     p = {name: t.detach().double() for name, t in model.named_parameters()}
     L, num_ve = len(model.blocks), len(model.value_embeds)
@@ -227,8 +238,9 @@ def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], fre
         a, b, *c = p[f"blocks.{i}.residual_mix"]  # c: the MLP's residual λ, with --sublayer_residual
         x = a * x + b * x0
         if i not in no_attention:
+            xsa_alpha = p[f"blocks.{i}.attn.xsa_alpha"] if i in xsa_layers else None
             x = x + attention_reference(block.attn, rms_norm(x), ve, inputs, windows[model.window_pattern[i]], freqs,
-                                        scale_gain, value_gate)
+                                        scale_gain, value_gate, xsa_alpha)
         x = c[0] * x if c else x
         x = x + torch.relu(rms_norm(x) @ p[f"blocks.{i}.mlp.fc"].T).square() @ p[f"blocks.{i}.mlp.proj"].T
         outputs.append(x)
@@ -240,9 +252,11 @@ def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], fre
     return sum(w * loss for w, loss in zip(mtp_weights, shifted)) / T
 
 
-# (num_layers, window_pattern, --skips, --no_attention_layers, --sublayer_residual): the U-net, and an odd depth with
-# skips that share a source and a target (the order of the gates shows) around a block without attention
-LAYOUTS = {"unet": (4, "SLSL", "unet", "", False), "skips": (5, "SLSLS", "0:2,1:4,0:4", "2", True)}
+# (num_layers, window_pattern, --skips, --no_attention_layers, --sublayer_residual, --xsa_layers): the U-net, and an
+# odd depth with skips that share a source and a target (the order of the gates shows) around a block without
+# attention, then with XSA on some of the attending blocks
+LAYOUTS = {"unet": (4, "SLSL", "unet", "", False, ""), "skips": (5, "SLSLS", "0:2,1:4,0:4", "2", True, ""),
+           "xsa": (5, "SLSLS", "0:2,1:4,0:4", "2", True, "0,3,4")}
 
 
 @pytest.mark.parametrize("logit_cap, bigram_buckets, smear, rope, value_embed_layers, value_embed_gates, layout", [
@@ -250,7 +264,7 @@ LAYOUTS = {"unet": (4, "SLSL", "unet", "", False), "skips": (5, "SLSLS", "0:2,1:
     ("tanh:15", 97, False, "plain", "", False, "unet"), ("tanh:15", 0, True, "plain", "", False, "unet"),
     ("tanh:15", 0, False, "half_yarn", "", False, "unet"), ("tanh:15", 0, False, "plain", "1,2,3", False, "unet"),
     ("tanh:15", 0, False, "plain", "", True, "unet"), ("tanh:15", 0, False, "plain", "1,2,3", True, "unet"),
-    ("tanh:15", 97, False, "plain", "", True, "skips")])
+    ("tanh:15", 97, False, "plain", "", True, "skips"), ("tanh:15", 97, False, "plain", "", True, "xsa")])
 def test_gpt_forward_matches_the_model_written_out(monkeypatch, logit_cap, bigram_buckets, smear, rope,
                                                    value_embed_layers, value_embed_gates, layout):
     """Every parameter moved off its init (so no wire hides behind a zero or a symmetry), then GPT.forward against
@@ -258,12 +272,12 @@ def test_gpt_forward_matches_the_model_written_out(monkeypatch, logit_cap, bigra
     from the wrong block, a value embedding fed to the wrong block, a swapped mix or a dropped gate all show. With
     half_yarn, the model is at its final validation, two YaRN stretches in (long windows 128 -> 256 -> 384)."""
     monkeypatch.setattr(torch.Tensor, "bfloat16", lambda t: t.float())
-    num_layers, window_pattern, skips, no_attention, sublayer_residual = LAYOUTS[layout]
+    num_layers, window_pattern, skips, no_attention, sublayer_residual, xsa_layers = LAYOUTS[layout]
     model, hp = tiny_model(num_layers=num_layers, window_pattern=window_pattern, num_value_embeds=2,
                            logit_cap=logit_cap, bigram_buckets=bigram_buckets, smear=smear, rope=rope,
                            window_blocks="1:1,1:2", val_window_blocks="1:3", value_embed_layers=value_embed_layers,
                            value_embed_gates=value_embed_gates, skips=skips, no_attention_layers=no_attention,
-                           sublayer_residual=sublayer_residual)
+                           sublayer_residual=sublayer_residual, xsa_layers=xsa_layers)
     tg.set_yarn(model, hp.num_iterations, hp)
     if rope == "plain":
         freqs, scale_gain = plain_frequencies(hp.head_dim, hp.rope_base), 1.0
@@ -278,13 +292,16 @@ def test_gpt_forward_matches_the_model_written_out(monkeypatch, logit_cap, bigra
         for block in model.blocks:  # unit scale: gates spread over (0, 2), so one on the wrong input shows
             if block.attn is not None and block.attn.value_gate is not None:
                 block.attn.value_gate.normal_(generator=g)
+            if block.attn is not None and block.attn.xsa_alpha is not None:  # tanh(α) spread over (-1, 1)
+                block.attn.xsa_alpha.normal_(generator=g)
     tokens = random_documents(385, seed=8)
     windows = {"S": 128, "L": 256}
     loss = model(tokens[:-1].int(), tokens[1:].long(), {k: torch.tensor(w) for k, w in windows.items()})
     reference = gpt_reference_loss(model, tokens, windows, freqs, scale_gain, logit_cap, None,
                                    value_embed_layers, value_embed_gates,
                                    None if skips == "unet" else [tuple(map(int, s.split(":"))) for s in skips.split(",")],
-                                   tuple(int(i) for i in no_attention.split(",") if i))
+                                   tuple(int(i) for i in no_attention.split(",") if i),
+                                   tuple(int(i) for i in xsa_layers.split(",") if i))
     # fp32 agrees to ~1e-7; the bound is tight enough that YaRN's stretch of the frequencies (4e-6 here) shows
     assert abs(loss.item() - reference.item()) < 1e-6 * reference.item(), (loss.item(), reference.item())
 
@@ -314,12 +331,16 @@ def test_layout_flags_reject_what_the_model_cannot_wire():
                          (["--skips=3:6,3:6"], "--skips=3:6,3:6"), (["--skips=3-6"], "--skips=3-6"),
                          (["--no_attention_layers=12"], "--no_attention_layers=12"),
                          (["--no_attention_layers=0"], "reads a value embedding"),
-                         (["--value_embed_layers=4,6", "--no_attention_layers=6"], "reads a value embedding")]:
+                         (["--value_embed_layers=4,6", "--no_attention_layers=6"], "reads a value embedding"),
+                         (["--xsa_layers=6"], "--xsa_layers=6: must be distinct indices of blocks with attention"),
+                         (["--xsa_layers=11"], "--xsa_layers=11"), (["--xsa_layers=1,1"], "--xsa_layers=1,1"),
+                         (["--xsa_layers=1;3"], "--xsa_layers=1;3"), (["--adam_xsa_lr=0"], "--adam_xsa_lr=0")]:
         with pytest.raises(ValueError, match=re.escape(needle)):
             tg.parse_args(argv)
     hp = tg.parse_args(["--num_layers=12", "--window_pattern=SSSLSSSLSSSL", "--skips=2:7", "--no_attention_layers=7"])
     assert hp.skip_pairs == [(2, 7)] and hp.no_attention_layer_list == [7]
     assert tg.parse_args(["--skips="]).skip_pairs == []
+    assert tg.parse_args(["--xsa_layers=1,3,4,7,8,10"]).xsa_layer_list == [1, 3, 4, 7, 8, 10]
 
 
 def test_gpt_multi_token_loss_matches_the_model_written_out(monkeypatch):
@@ -346,7 +367,7 @@ def test_activations_stay_bf16_with_every_model_flag_on(value_embed_gates):
     """An fp32 parameter of shape (1,) or more promotes a bf16 activation to fp32: the model then runs its matmuls
     at the fp32 rate, and the fused MLP kernel, tiled for bf16, runs out of shared memory on a GPU."""
     model, hp = tiny_model(logit_cap="sigmoid:23,5,7.5", bigram_buckets=97, smear=True, value_embed_layers="0,1",
-                           value_embed_gates=value_embed_gates, sublayer_residual=True)
+                           value_embed_gates=value_embed_gates, sublayer_residual=True, xsa_layers="0,1")
     with torch.no_grad():
         model.smear_lambda.fill_(0.5)
     seen = []
@@ -370,6 +391,28 @@ def test_zero_initialized_output_projections_make_blocks_identity():
         x, x0 = torch.randn(2, 1, 16, hp.model_dim).unbind(0)
         mask = tg.attention_mask(torch.arange(16), torch.tensor(128))
         assert torch.equal(block(x, x0, None, mask), x)  # residual_mix starts at (1, 0): x, not x0, passes
+
+
+def test_xsa_is_off_by_default_and_its_zero_strengths_start_as_plain_attention():
+    """No block has XSA unless --xsa_layers names it; a model with it has one α per head at 0 (tanh(0) = 0), the
+    same loss as without it, and another loss once α moves."""
+    assert tg.parse_args([]).xsa_layer_list == [] and tg.Hyperparameters().xsa_layers == ""
+    plain, hp = tiny_model(num_layers=4, window_pattern="SLSL")
+    assert all(b.attn.xsa_alpha is None for b in plain.blocks)
+    assert not any("xsa" in name for name, _ in plain.named_parameters())
+    model, _ = tiny_model(num_layers=4, window_pattern="SLSL", xsa_layers="1,2")
+    assert [b.attn.xsa_alpha is not None for b in model.blocks] == [False, True, True, False]
+    assert all(torch.equal(model.blocks[i].attn.xsa_alpha.detach(), torch.zeros(hp.num_heads)) for i in (1, 2))
+    with torch.no_grad():  # nonzero output projections, so attention reaches the loss
+        for a, b in zip(plain.blocks, model.blocks):
+            a.attn.qkvo[3].normal_(0, 0.1, generator=torch.Generator().manual_seed(2))
+            b.attn.qkvo[3].copy_(a.attn.qkvo[3])
+    tokens = random_documents(257, seed=2)
+    args = tokens[:-1].int(), tokens[1:].long(), {"S": torch.tensor(128), "L": torch.tensor(256)}
+    assert torch.equal(model(*args), plain(*args))
+    with torch.no_grad():
+        model.blocks[2].attn.xsa_alpha.fill_(1.0)
+    assert not torch.equal(model(*args), plain(*args))
 
 
 def test_value_embeds_tied_across_the_u_net_without_value_embed_layers():

@@ -212,6 +212,34 @@ def test_value_embed_gates_are_trained_by_adam_with_upstreams_betas_and_the_embe
     assert [g["lr"] for g in adam.param_groups if g["label"] == "value_gates"] == [0.003]
 
 
+def test_xsa_strengths_are_trained_by_adam_with_upstreams_lr_and_betas_and_no_decay():
+    """Upstream trains its per-head XSA strengths with Adam at the head's lr 0.008, betas (0.9, 0.95), no decay, apart
+    from its scalars; one real step gives each listed block's α a gradient and moves it off 0."""
+    assert tg.parse_args([]).adam_xsa_lr == 0.008 and tg.ADAM_PARAMS["xsa_alphas"] == ((0.9, 0.95), 0.0)
+    hp = tg.parse_args(["--preset=tiny", "--num_layers=4", "--window_pattern=SLSL", "--xsa_layers=1,3",
+                        "--adam_xsa_lr=0.003"])
+    torch.manual_seed(0)
+    model = tg.GPT(hp)
+    muon, adam = tg.build_optimizers(model, hp, rank=0, world_size=1)
+    alphas = [model.blocks[i].attn.xsa_alpha for i in (1, 3)]
+    group = {g["label"]: g for g in adam.param_groups}["xsa_alphas"]
+    assert group["params"] == alphas and group["lr"] == 0.003
+    assert group["betas"] == (0.9, 0.95) and group["weight_decay"] == 0.0
+    others = [p for opt in (muon, adam) for g in opt.param_groups if g is not group for p in g["params"]]
+    assert not any(p is a for p in others for a in alphas)
+    with torch.no_grad():  # the output projections start at zero, which would hide attention from the loss
+        for b in model.blocks:
+            b.attn.qkvo[3].normal_(0, 0.02)
+    tokens = torch.randint(0, hp.vocab_size, (129,), generator=torch.Generator().manual_seed(3))
+    windows = {"S": tg.window_tensor(128, torch.device("cpu")), "L": tg.window_tensor(256, torch.device("cpu"))}
+    model(tokens[:-1].int(), tokens[1:].long(), windows).backward()
+    model.tie_gradients()
+    assert all(a.grad is not None and a.grad.abs().min() > 0 for a in alphas)
+    for opt in (muon, adam):
+        opt.step()
+    assert all(a.detach().abs().min() > 0 for a in alphas)
+
+
 def test_a_block_without_attention_leaves_the_normuon_stacks_and_its_skip_gate_joins_the_scalars():
     """--no_attention_layers=2: the attn.* groups stack the other blocks' matrices (one shape still), the MLP groups
     every block's; the skip gates, every block's residual mix and each attention's value mix are Adam's scalars.
