@@ -1139,6 +1139,16 @@ class Rotary(nn.Module):
         return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
 
 
+def partial_key_offset(k: torch.Tensor) -> torch.Tensor:  # k: (B, T, H, head_dim), after half-truncated RoPE
+    """Key t keeps token t's turning dims and takes token t-1's stationary ones (frequency 0: the second quarter of
+    each rotated half), so a query can find the token after an earlier copy of itself in one layer, induction
+    (upstream's record 2025-12-14_PartialKeyOffset). Key 0 keeps its own; a document's first key takes the previous
+    document's last token, as upstream's does."""
+    turning, stationary = k.unflatten(-1, (2, 2, -1)).unbind(-2)  # each (B, T, H, 2 halves, head_dim/4)
+    stationary = torch.cat([stationary[:, :1], stationary[:, :-1]], dim=1)
+    return torch.stack([turning, stationary], dim=-2).flatten(-3)
+
+
 def document_causal_window(docs: torch.Tensor, window: torch.Tensor):
     """Mask function: a query sees keys of its own document, not in its future, at most `window` tokens back.
     docs: (T,) document index of each token; window: 0-dim tensor, so a new size does not recompile."""
@@ -1211,11 +1221,11 @@ def bigram_hash(inputs: torch.Tensor, buckets: int) -> torch.Tensor:
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, head_dim: int, gate_dim: int, rotary: Rotary, scale: float,
-                 value_gate: bool = False, xsa: bool = False):
+                 value_gate: bool = False, xsa: bool = False, key_offset: bool = False):
         super().__init__()
         assert num_heads * head_dim == dim, "q, k, v and the output projection share one (4, dim, dim) bank"
         self.num_heads, self.head_dim, self.gate_dim, self.scale = num_heads, head_dim, gate_dim, scale
-        self.rotary = rotary
+        self.rotary, self.key_offset = rotary, key_offset
         bound = 3**0.5 * 0.5 * dim**-0.5
         qkvo = torch.empty(4, dim, dim).uniform_(-bound, bound)
         qkvo[3].zero_()  # output projection starts at zero: each block begins as the identity
@@ -1235,6 +1245,8 @@ class CausalSelfAttention(nn.Module):
         w = self.qkvo.type_as(x)
         qk, v = F.linear(x, w[:3].flatten(0, 1)).view(B, T, 3 * H, Dh).split(2 * H, dim=-2)
         q, k = self.rotary(norm(qk)).chunk(2, dim=-2)  # q and k as one tensor: one reduction loop, not two
+        if self.key_offset:
+            k = partial_key_offset(k)
         if self.rotary.attn_scale_gain is not None:  # attend's scale stays a constant: flex compiles it in
             q = q * self.rotary.attn_scale_gain
         if value_embed is not None:
@@ -1275,10 +1287,10 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, dim: int, num_heads: int, head_dim: int, mlp_hidden: int, gate_dim: int, rotary, scale,
                  fused_mlp: bool, value_gate: bool = False, attention: bool = True, sublayer_residual: bool = False,
-                 xsa: bool = False):
+                 xsa: bool = False, key_offset: bool = False):
         super().__init__()
-        self.attn = (CausalSelfAttention(dim, num_heads, head_dim, gate_dim, rotary, scale, value_gate, xsa)
-                     if attention else None)
+        self.attn = (CausalSelfAttention(dim, num_heads, head_dim, gate_dim, rotary, scale, value_gate, xsa,
+                                         key_offset) if attention else None)
         self.mlp = MLP(dim, mlp_hidden, fused_mlp)
         # x = a·x + b·x0 (x0: the token embedding); with sublayer_residual also x = c·x before the MLP, a and c at
         # √1.1 so a block scales the stream by 1.1, as upstream's per-sublayer residual lambdas (2026 train_gpt.py)
@@ -1331,7 +1343,7 @@ class GPT(nn.Module):
             Block(D, hp.num_heads, hp.head_dim, hp.mlp_mult * D, hp.attn_gate_dim, self.rotary, hp.attn_scale,
                   hp.fused_mlp, value_gate=hp.value_embed_gates and j is not None,
                   attention=i not in hp.no_attention_layer_list, sublayer_residual=hp.sublayer_residual,
-                  xsa=i in hp.xsa_layer_list)
+                  xsa=i in hp.xsa_layer_list, key_offset=hp.key_offset and hp.window_pattern[i] == "L")
             for i, j in enumerate(self.value_embed_of_block))
         self.skip_pairs = hp.skip_pairs  # (src, dst): gate k adds σ(skip_gates[k])·(src's output) to dst's input
         self.skip_gates = nn.Parameter(torch.full((len(self.skip_pairs),), hp.skip_gate_init))
@@ -1618,6 +1630,7 @@ class Hyperparameters:
     attn_scale: float = 0.1  # QK-norm bounds q·k by head_dim, so the usual 1/sqrt(head_dim) is too soft (plain: 0.12)
     rope: str = "half_yarn"  # plain: rope_base^(-i/(head_dim/2)) on every pair; half_yarn: half the pairs still, YaRN
     rope_base: float = 10000.0  # rotary embedding base (--rope=plain)
+    key_offset: bool = False  # in L blocks each key's stationary RoPE dims are the previous token's (half_yarn)
     logit_cap: str = "sigmoid:23,5,7.5"  # tanh:C bounds logits as C·tanh(l/C), sigmoid:A,B,C as A·σ((l+B)/C)
     embed_std: float = 0.005  # init std of the token embedding (and the tied LM head)
     value_embed_std: float = 0.01  # init std of the value embeddings
@@ -1732,6 +1745,10 @@ class Hyperparameters:
         require(self.rope in ROPES, "rope", f"expected one of {', '.join(ROPES)}")
         require(self.rope == "plain" or self.head_dim % 4 == 0, "head_dim",
                 "must be a multiple of 4 with --rope=half_yarn: a quarter of it are the turning pairs")
+        require(not self.key_offset or self.rope == "half_yarn", "key_offset",
+                "needs --rope=half_yarn: it offsets the keys' stationary (frequency 0) dims, which plain RoPE lacks")
+        require(not self.key_offset or "L" in self.window_pattern, "key_offset",
+                "needs an L block in --window_pattern: only long-window blocks offset their keys")
         require(re.fullmatch(r"[0-9]*\.?[0-9]+(,[0-9]*\.?[0-9]+)*", self.lr_stage_muls) is not None
                 and all(0 < m < math.inf for m in self.lr_stage_mul_list), "lr_stage_muls",
                 "must be comma-separated positive numbers")

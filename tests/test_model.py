@@ -119,12 +119,14 @@ def test_flex_attention_block_mask_matches_dense_mask_attention():
     torch.testing.assert_close(flex, dense, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("rope, xsa", [("plain", False), ("half_yarn", False), ("plain", True)])
-def test_attention_block_matches_a_reference_written_out(rope, xsa):
+@pytest.mark.parametrize("rope, xsa, key_offset", [("plain", False, False), ("half_yarn", False, False),
+                                                ("plain", True, False), ("half_yarn", False, True)])
+def test_attention_block_matches_a_reference_written_out(rope, xsa, key_offset):
     """The whole attention module (q, k, v from the shared bank, per-head q/k norm and rotation, value-embedding
     mix, document-causal window, sigmoid gates, output projection) against the same math written out in fp64,
     with the rotation as complex numbers and the mask from loops; half_yarn after one stretch, 128 -> 384 tokens.
-    With xsa, each head's output first loses its projection on the token's value at a strength of its own."""
+    With xsa, each head's output first loses its projection on the token's value at a strength of its own; with
+    key_offset, across documents that start at 0, 13 and 29."""
     torch.manual_seed(4)
     T, D, H, Dh, gate_dim, window, scale = 40, 64, 2, 32, 12, 16, 0.12
     rotary = tg.Rotary(tg.rotary_frequencies(Dh, 1024.0, rope), T, yarn=rope == "half_yarn")
@@ -132,7 +134,7 @@ def test_attention_block_matches_a_reference_written_out(rope, xsa):
     if rope == "half_yarn":
         freqs, scale_gain = half_yarn_frequencies(Dh, [128, 384])
         rotary.set_yarn(tg.yarn_stretch(tg.rotary_frequencies(Dh, 1024.0, rope), 128, 384), scale_gain)
-    attn = tg.CausalSelfAttention(D, H, Dh, gate_dim, rotary, scale, xsa=xsa)
+    attn = tg.CausalSelfAttention(D, H, Dh, gate_dim, rotary, scale, xsa=xsa, key_offset=key_offset)
     with torch.no_grad():  # the output projection and gates start at zero: give them values that show errors
         attn.qkvo[3].normal_(0, D**-0.5)
         attn.gate.normal_()
@@ -144,8 +146,54 @@ def test_attention_block_matches_a_reference_written_out(rope, xsa):
     x, ve = torch.randn(2, 1, T, D).unbind(0)
     y = attn(x, ve, tg.attention_mask(tokens, torch.tensor(window)))
     out = attention_reference(attn, x[0].double(), ve[0].double(), tokens, window, freqs, scale_gain,
-                              xsa_alpha=attn.xsa_alpha.detach().double() if xsa else None)
+                              xsa_alpha=attn.xsa_alpha.detach().double() if xsa else None, key_offset=key_offset)
     torch.testing.assert_close(y[0].double(), out, atol=2e-5, rtol=2e-5)
+
+
+def test_partial_key_offset_moves_the_stationary_quarters_one_token_later():
+    """head_dim 8 under half-truncated RoPE: pairs (0, 4) and (1, 5) turn, pairs (2, 6) and (3, 7) stand still, so
+    dims 2, 3, 6, 7 of key t > 0 are key t - 1's, as upstream offsets head_dim/4:head_dim/2 and 3·head_dim/4:.
+    Key entry (t, h, d) is 100t + 10h + d, so each entry says where it came from."""
+    T, H, Dh = 5, 2, 8
+    assert (tg.rotary_frequencies(Dh, 10000.0, "half_yarn") == 0).tolist() == [False, False, True, True]
+    t, h, d = torch.meshgrid(torch.arange(T), torch.arange(H), torch.arange(Dh), indexing="ij")
+    k = (100 * t + 10 * h + d).float()[None]  # (1, T, H, Dh)
+    from_previous = torch.isin(d, torch.tensor([2, 3, 6, 7])) & (t > 0)
+    expected = (100 * torch.where(from_previous, t - 1, t) + 10 * h + d).float()[None]
+    assert torch.equal(tg.partial_key_offset(k), expected)
+
+
+def test_key_offset_is_off_by_default_and_leaves_the_model_unchanged(monkeypatch):
+    """Every preset leaves it off: no block offsets, partial_key_offset is never called, and the loss is
+    --key_offset=false's to the bit. On, the tiny model's L block (1 of SL) offsets, with the same parameters, and
+    the loss moves, by ~300 times its float rounding."""
+    assert not any(tg.parse_args([f"--preset={name}"]).key_offset for name in tg.PRESETS)
+    tokens = random_documents(257, seed=2)
+    args = tokens[:-1].int(), tokens[1:].long(), {"S": torch.tensor(128), "L": torch.tensor(256)}
+
+    def run(**flags):
+        model, _ = tiny_model(**flags)
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():  # off the init, whose zero projections and small logits would hide the attention
+            for param in model.parameters():
+                param.add_(0.3 * torch.randn(param.shape, generator=g))
+        return model, model(*args).item()
+
+    monkeypatch.setattr(tg, "partial_key_offset", lambda k: pytest.fail("partial_key_offset ran with the flag off"))
+    (default, loss_default), (_, loss_off) = run(), run(key_offset=False)
+    assert [block.attn.key_offset for block in default.blocks] == [False, False] and loss_default == loss_off
+    monkeypatch.undo()
+    on, loss_on = run(key_offset=True)
+    assert [block.attn.key_offset for block in on.blocks] == [False, True]
+    assert list(on.state_dict()) == list(default.state_dict()) and abs(loss_on - loss_default) > 1e-4  # 3.5e-4 here
+
+
+def test_key_offset_needs_half_yarn_and_a_long_window_block():
+    for argv, needle in [(["--key_offset=true", "--rope=plain"], "--key_offset=True: needs --rope=half_yarn"),
+                         (["--key_offset=1", "--window_pattern=SSSSSSSSSSS"], "--key_offset=True: needs an L block")]:
+        with pytest.raises(ValueError, match=re.escape(needle)):
+            tg.parse_args(argv)
+    assert tg.parse_args(["--key_offset=true"]).key_offset and not tg.parse_args(["--rope=plain"]).key_offset
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
@@ -154,17 +202,23 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
 
 def attention_reference(attn, x: torch.Tensor, ve: torch.Tensor | None, tokens: torch.Tensor, window: int,
                         freqs: torch.Tensor, scale_gain: float = 1.0,
-                        value_gate: torch.Tensor | None = None, xsa_alpha: torch.Tensor | None = None) -> torch.Tensor:
+                        value_gate: torch.Tensor | None = None, xsa_alpha: torch.Tensor | None = None,
+                        key_offset: bool = False) -> torch.Tensor:
     """x, ve: (T, D) fp64 -> the attention module's output (T, D) in fp64: heads one by one in einsum, the
     rotation as complex numbers by freqs, scores scaled by attn.scale · scale_gain, the mask from loops. With
     value_gate (H, k), head h's value takes 2σ(value_gate[h]·x[:k]) of the value embedding instead of the mix's b.
     With xsa_alpha (H,), exclusive self attention: head h's output o at token t becomes o - tanh(α_h)·(o·v)/(v·v)·v,
-    v that token's own value in head h."""
+    v that token's own value in head h. With key_offset, key t > 0 takes key t - 1's entries on both dims of every
+    pair whose frequency is 0."""
     T, D = x.shape
     H, Dh = attn.num_heads, attn.head_dim
     W = attn.qkvo.detach().double()
     q, k, v = ((x @ W[i].T).view(T, H, Dh) for i in range(3))
     q, k = (rotate_as_complex(rms_norm(t), freqs) for t in (q, k))
+    if key_offset:
+        still = torch.cat([freqs == 0, freqs == 0])  # (Dh,): dims i and i + Dh/2 of a pair that does not turn
+        previous = torch.stack([k[max(t - 1, 0)] for t in range(T)])
+        k = torch.where(still, previous, k)
     if ve is not None and value_gate is None:
         a, b = attn.value_mix.detach().double()
         v = a * v + b * ve.view(T, H, Dh)
@@ -200,7 +254,8 @@ CAPPED = {"tanh:15": lambda l: 15 * torch.tanh(l / 15), "sigmoid:23,5,7.5": lamb
 def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], freqs: torch.Tensor, scale_gain: float,
                        logit_cap: str, mtp_weights: list[float] | None = None, value_embed_layers: str = "",
                        value_embed_gates: bool = False, skips: list[tuple[int, int]] | None = None,
-                       no_attention: tuple[int, ...] = (), xsa_layers: tuple[int, ...] = ()) -> torch.Tensor:
+                       no_attention: tuple[int, ...] = (), xsa_layers: tuple[int, ...] = (),
+                       key_offset: bool = False) -> torch.Tensor:
     """The whole GPT written out in fp64, each wire spelled out: x0 = norm(embedding); block i first mixes
     a_i·x + b_i·x0; value embedding j feeds blocks j and L - num_ve + j, or, untied, the j-th block listed in
     value_embed_layers; with value_embed_gates each of those blocks weighs it by its own gate on the block's
@@ -208,8 +263,9 @@ def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], fre
     skips, block dst adds sigmoid(gate k)·(output of block src) for the k-th (src, dst); blocks in no_attention
     skip attention; blocks in xsa_layers take out of each head's output its part along the token's own value, a
     share tanh(xsa_alpha[h]); a third residual_mix entry c scales x by c before the MLP; every attention rotates
-    by freqs and scales its scores by attn_scale · scale_gain; the head reads norm(x); logits are softcapped.
-    With mtp_weights, position t also predicts the token k + 1 ahead, weight w_k, where the sequence still has one."""
+    by freqs and scales its scores by attn_scale · scale_gain; with key_offset, the attention of each L block
+    offsets its keys; the head reads norm(x); logits are softcapped. With mtp_weights, position t also predicts the
+    token k + 1 ahead, weight w_k, where the sequence still has one."""
     inputs, targets = tokens[:-1], tokens[1:]
     p = {name: t.detach().double() for name, t in model.named_parameters()}
     L, num_ve = len(model.blocks), len(model.value_embeds)
@@ -239,8 +295,9 @@ def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], fre
         x = a * x + b * x0
         if i not in no_attention:
             xsa_alpha = p[f"blocks.{i}.attn.xsa_alpha"] if i in xsa_layers else None
+            offset = key_offset and model.window_pattern[i] == "L"
             x = x + attention_reference(block.attn, rms_norm(x), ve, inputs, windows[model.window_pattern[i]], freqs,
-                                        scale_gain, value_gate, xsa_alpha)
+                                        scale_gain, value_gate, xsa_alpha, offset)
         x = c[0] * x if c else x
         x = x + torch.relu(rms_norm(x) @ p[f"blocks.{i}.mlp.fc"].T).square() @ p[f"blocks.{i}.mlp.proj"].T
         outputs.append(x)
@@ -259,25 +316,33 @@ LAYOUTS = {"unet": (4, "SLSL", "unet", "", False, ""), "skips": (5, "SLSLS", "0:
            "xsa": (5, "SLSLS", "0:2,1:4,0:4", "2", True, "0,3,4")}
 
 
-@pytest.mark.parametrize("logit_cap, bigram_buckets, smear, rope, value_embed_layers, value_embed_gates, layout", [
-    ("tanh:15", 0, False, "plain", "", False, "unet"), ("sigmoid:23,5,7.5", 0, False, "plain", "", False, "unet"),
-    ("tanh:15", 97, False, "plain", "", False, "unet"), ("tanh:15", 0, True, "plain", "", False, "unet"),
-    ("tanh:15", 0, False, "half_yarn", "", False, "unet"), ("tanh:15", 0, False, "plain", "1,2,3", False, "unet"),
-    ("tanh:15", 0, False, "plain", "", True, "unet"), ("tanh:15", 0, False, "plain", "1,2,3", True, "unet"),
-    ("tanh:15", 97, False, "plain", "", True, "skips"), ("tanh:15", 97, False, "plain", "", True, "xsa")])
+@pytest.mark.parametrize("logit_cap, bigram_buckets, smear, rope, value_embed_layers, value_embed_gates, layout, "
+                         "key_offset", [
+    ("tanh:15", 0, False, "plain", "", False, "unet", False),
+    ("sigmoid:23,5,7.5", 0, False, "plain", "", False, "unet", False),
+    ("tanh:15", 97, False, "plain", "", False, "unet", False),
+    ("tanh:15", 0, True, "plain", "", False, "unet", False),
+    ("tanh:15", 0, False, "half_yarn", "", False, "unet", False),
+    ("tanh:15", 0, False, "plain", "1,2,3", False, "unet", False),
+    ("tanh:15", 0, False, "plain", "", True, "unet", False),
+    ("tanh:15", 0, False, "plain", "1,2,3", True, "unet", False),
+    ("tanh:15", 97, False, "plain", "", True, "skips", False),
+    ("tanh:15", 97, False, "plain", "", True, "xsa", False),
+    ("tanh:15", 0, False, "half_yarn", "", False, "skips", True)])
 def test_gpt_forward_matches_the_model_written_out(monkeypatch, logit_cap, bigram_buckets, smear, rope,
-                                                   value_embed_layers, value_embed_gates, layout):
+                                                   value_embed_layers, value_embed_gates, layout, key_offset):
     """Every parameter moved off its init (so no wire hides behind a zero or a symmetry), then GPT.forward against
     gpt_reference_loss. The model's bf16 casts are made fp32 here, so the two agree to float rounding and a skip
     from the wrong block, a value embedding fed to the wrong block, a swapped mix or a dropped gate all show. With
-    half_yarn, the model is at its final validation, two YaRN stretches in (long windows 128 -> 256 -> 384)."""
+    half_yarn, the model is at its final validation, two YaRN stretches in (long windows 128 -> 256 -> 384); with
+    key_offset, the L blocks 1 and 3 offset their keys, the S blocks do not."""
     monkeypatch.setattr(torch.Tensor, "bfloat16", lambda t: t.float())
     num_layers, window_pattern, skips, no_attention, sublayer_residual, xsa_layers = LAYOUTS[layout]
     model, hp = tiny_model(num_layers=num_layers, window_pattern=window_pattern, num_value_embeds=2,
                            logit_cap=logit_cap, bigram_buckets=bigram_buckets, smear=smear, rope=rope,
                            window_blocks="1:1,1:2", val_window_blocks="1:3", value_embed_layers=value_embed_layers,
                            value_embed_gates=value_embed_gates, skips=skips, no_attention_layers=no_attention,
-                           sublayer_residual=sublayer_residual, xsa_layers=xsa_layers)
+                           sublayer_residual=sublayer_residual, xsa_layers=xsa_layers, key_offset=key_offset)
     tg.set_yarn(model, hp.num_iterations, hp)
     if rope == "plain":
         freqs, scale_gain = plain_frequencies(hp.head_dim, hp.rope_base), 1.0
@@ -301,7 +366,7 @@ def test_gpt_forward_matches_the_model_written_out(monkeypatch, logit_cap, bigra
                                    value_embed_layers, value_embed_gates,
                                    None if skips == "unet" else [tuple(map(int, s.split(":"))) for s in skips.split(",")],
                                    tuple(int(i) for i in no_attention.split(",") if i),
-                                   tuple(int(i) for i in xsa_layers.split(",") if i))
+                                   tuple(int(i) for i in xsa_layers.split(",") if i), key_offset)
     # fp32 agrees to ~1e-7; the bound is tight enough that YaRN's stretch of the frequencies (4e-6 here) shows
     assert abs(loss.item() - reference.item()) < 1e-6 * reference.item(), (loss.item(), reference.item())
 
@@ -555,12 +620,24 @@ def test_block_mask_from_document_blocks_equals_create_block_mask():
                                    atol=1e-5, rtol=1e-5)
 
 
+def two_block_record_hp() -> tg.Hyperparameters:
+    """The record model's widths in two blocks, so a GPU test compiles in seconds: a U-net and one tied value
+    embedding, as the tiny preset (two blocks hold neither the 3 -> 6 skip nor the attention-free block 6)."""
+    return tg.Hyperparameters(num_layers=2, window_pattern="SL", skips="unet", no_attention_layers="",
+                              value_embed_layers="", value_embed_gates=False, num_value_embeds=1, val_window_blocks="",
+                              seq_lens="2048", lr_stage_muls="1.0")
+
+
+def test_two_block_record_hp_builds_on_cpu():
+    """The GPU tests' hyperparameters must pass validation: a default that two blocks cannot take fails here."""
+    assert tg.GPT(two_block_record_hp()).value_embed_of_block == [0, 0]
+
+
 @pytest.mark.gpu
 def test_compiled_model_with_fused_mlp_matches_unfused_on_gpu():
     """--fused_mlp=true under torch.compile on CUDA (the custom op in the graph, its backward in the compiled
     backward) gives the loss and weight gradients of the unfused model, within bf16 noise."""
-    hp = tg.Hyperparameters(num_layers=2, window_pattern="SL", seq_lens="2048", lr_stage_muls="1.0",
-                            num_value_embeds=1)
+    hp = two_block_record_hp()
     inputs = random_documents(2048, seed=3)[None].repeat(2, 1).flatten()[:2049].cuda()
     windows = tg.window_tensors(0, hp, inputs.device)
     results = []
@@ -576,6 +653,37 @@ def test_compiled_model_with_fused_mlp_matches_unfused_on_gpu():
     assert abs(loss_fused - loss_plain) < 1e-2
     for name, g in grads_plain.items():
         assert ((grads_fused[name] - g).norm() / g.norm()).item() < 2e-2, name
+
+
+@pytest.mark.gpu
+def test_compiled_model_with_key_offset_matches_eager_on_gpu():
+    """--key_offset=true under torch.compile with FlexAttention's BlockMask (the offset keys in the compiled graph
+    and its backward) gives the eager model's loss and attention gradients within bf16 noise; the L block's
+    gradient is far from the one without the offset (30% apart in fp32 on CPU), so the offset did run compiled."""
+    hp = tg.parse_args(["--preset=tiny", "--seq_lens=2048", "--window_blocks=2:8", "--key_offset=true"])
+    tokens = random_documents(2049, seed=3).cuda()
+    windows = tg.window_tensors(0, hp, tokens.device)
+    results = []
+    for key_offset, compile in [(True, False), (True, True), (False, True)]:
+        torch.manual_seed(0)
+        model = tg.GPT(dataclasses.replace(hp, key_offset=key_offset))
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():  # off the init, whose zero projections and small logits would hide the attention
+            for param in model.parameters():
+                param.add_(0.3 * torch.randn(param.shape, generator=g))
+        model = model.cuda()
+        forward = torch.compile(model, dynamic=False) if compile else model
+        loss = forward(tokens[:-1].int(), tokens[1:].long(), windows)
+        loss.backward()
+        results.append((loss.item(), {n: p.grad.float() for n, p in model.named_parameters() if "attn.qkvo" in n}))
+    (loss_eager, eager), (loss_compiled, compiled), (_, without) = results
+
+    def apart(a, b):
+        return ((a - b).norm() / a.norm()).item()
+
+    assert abs(loss_compiled - loss_eager) < 1e-2
+    assert all(apart(compiled[name], g) < 5e-2 for name, g in eager.items())
+    assert apart(compiled["blocks.1.attn.qkvo"], without["blocks.1.attn.qkvo"]) > 0.1
 
 
 def head_run(hp, fp8_head: bool, tokens: torch.Tensor, windows: dict, micro_steps: int = 1, compile: bool = False):
@@ -629,8 +737,7 @@ def test_fp8_head_trains_on_the_fp8_product_and_validates_on_the_bf16_one(monkey
 def test_fp8_head_matches_bf16_head_on_gpu(compile):
     """--fp8_head=true on FP8 tensor cores, eager and under torch.compile (the op in the graph, its backward in the
     compiled backward): the record model's loss and gradients within the FP8 rounding of the bf16 head's."""
-    hp = tg.Hyperparameters(num_layers=2, window_pattern="SL", seq_lens="2048", lr_stage_muls="1.0",
-                            num_value_embeds=1)
+    hp = two_block_record_hp()
     tg.check_device(dataclasses.replace(hp, fp8_head=True), torch.device("cuda"))
     tokens = random_documents(2049, seed=3).cuda()
     windows = tg.window_tensors(0, hp, tokens.device)
