@@ -1,6 +1,8 @@
 # ----- Source capture -----
+import time
 from pathlib import Path
 
+LAUNCHED = time.perf_counter()  # before torch's import: a run logs how long it took to reach its first timed step
 SOURCE_BYTES = Path(__file__).read_bytes()  # read first, so the log holds exactly what ran
 
 # ----- Imports, distributed setup, device -----
@@ -18,7 +20,6 @@ import resource
 import shlex
 import subprocess
 import sys
-import time
 import uuid
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -2422,6 +2423,12 @@ def use_compile_cache(folder: str) -> None:
         os.environ["TRITON_CACHE_DIR"] = str(path / "triton")
 
 
+def log_ready(log: Logger) -> None:
+    """The seconds from launch (imports, data checks, model, compile and warm-up) to the first timed step: what a
+    warm --compile_cache saves."""
+    log(f"info:ready seconds_since_launch:{time.perf_counter() - LAUNCHED:.1f}")
+
+
 def check_loss(loss: torch.Tensor, step: int) -> float:
     """The host value of a step's training loss; raises if it is not finite."""
     value = loss.item()
@@ -2439,6 +2446,8 @@ def train(hp: Hyperparameters, rank: int, world_size: int, device: torch.device,
     mtp_table = mtp_weight_tensors(hp, device)
     if hp.bench_steps:
         warmup_kernels(model, forward, optimizers, hp, rank, world_size, device, log, mtp_table)
+        synchronize(device)
+        log_ready(log)
         benchmark(model, forward, optimizers, hp, world_size, device, log, mtp_table)
         return float("nan")
     # All input is read and checked before the minutes of compiling that warm-up takes.
@@ -2463,6 +2472,7 @@ def train(hp: Hyperparameters, rank: int, world_size: int, device: torch.device,
             f"step_avg:{ms / done:.2f}ms")
 
     synchronize(device)
+    log_ready(log)
     t0 = time.perf_counter()
     step = start_step
     while True:

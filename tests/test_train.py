@@ -33,6 +33,21 @@ def val_losses(log: Path) -> dict[int, float]:
     return {int(m[1]): float(m[2]) for m in re.finditer(r"^step:(\d+)/\d+ val_loss:(\S+)", log.read_text(), re.M)}
 
 
+def test_log_states_the_seconds_from_launch_to_the_first_timed_step(shards, tmp_path, monkeypatch):
+    """One line, after the warm-up and before the first step (or the benchmark's table), counted from
+    train_gpt.LAUNCHED: here set 100 s back, so a count from anything later (the warm-up's start, main's) fails."""
+    monkeypatch.setattr(tg, "LAUNCHED", tg.time.perf_counter() - 100)
+    for run_id, extra, first in [("ready", "--num_iterations=2", "step:1/2 "),
+                                 ("ready_bench", "--bench_steps=2", "info:bench ")]:
+        assert tg.main(tiny_args(shards, tmp_path, run_id, extra)) == 0
+        lines = (tmp_path / f"{run_id}.txt").read_text().splitlines()
+        ready = [i for i, line in enumerate(lines) if line.startswith("info:ready seconds_since_launch:")]
+        assert len(ready) == 1, run_id
+        assert 100 < float(lines[ready[0]].split(":")[-1]) < 400
+        last_warmup = max(i for i, line in enumerate(lines) if line.startswith("info:warmup "))
+        assert last_warmup < ready[0] < min(i for i, line in enumerate(lines) if line.startswith(first))
+
+
 def test_tiny_preset_loss_falls(shards, tmp_path):
     assert tg.main(tiny_args(shards, tmp_path, "fall", "--num_iterations=30")) == 0
     losses = val_losses(tmp_path / "fall.txt")
