@@ -1680,7 +1680,7 @@ class Hyperparameters:
     checkpoint_dir: str = "checkpoints"  # where checkpoints are written
     resume: str = ""  # a checkpoint to continue from, with the hyperparameters it was written with
     bench_steps: int = 0  # > 0: time this many steps at the final batch size on synthetic data, print a table, exit
-    bench_trace: str = ""  # with --bench_steps: profile 3 steps, print their kernels, write the trace here
+    bench_trace: str = ""  # with --bench_steps: profile ~3 steps (whole Adam cycles), print kernels, write it here
 
     def __post_init__(self):
         def require(ok: bool, flag: str, why: str):
@@ -2339,7 +2339,7 @@ def benchmark(model: GPT, forward, optimizers, hp: Hyperparameters, world_size: 
         f"mfu:{100 * achieved / world_size / peak:.1f}% peak_memory:{peak_memory_mib(device)}MiB")
     log("info:bench share " + " ".join(f"{k}:{100 * v / total:.1f}%({v:.1f}ms)" for k, v in phases.ms.items()))
     if hp.bench_trace:
-        profiled = min(3, len(batches))
+        profiled = min(len(batches), len(cycle) * max(1, 3 // len(cycle)))  # whole Adam cycles, about 3 steps
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
                                                 torch.profiler.ProfilerActivity.CUDA]) as prof:
             wall_ms = timed(device, lambda: [train_step(model, forward, optimizers, b, cycle[i % len(cycle)], hp,

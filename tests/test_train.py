@@ -285,14 +285,15 @@ def test_benchmark_prints_its_table_and_writes_a_trace(shards, tmp_path):
     assert not re.search(r"^final_val_loss:", text, re.M)
 
 
-def test_benchmark_times_adam_on_one_step_in_adam_every_as_training_does(monkeypatch):
+def test_benchmark_times_adam_on_one_step_in_adam_every_as_training_does(monkeypatch, tmp_path):
     """The run's last step always steps Adam; timing only it would charge every benchmark step with Adam's update.
-    The steps cycle through the two before it, one an Adam step; the phases are timed over a whole cycle."""
-    hp = tg.parse_args(["--preset=tiny", "--adam_every=2", "--num_iterations=40", "--bench_steps=4"])
+    The steps cycle through the two before it, one an Adam step; the phases and the trace take whole cycles."""
+    hp = tg.parse_args(["--preset=tiny", "--adam_every=2", "--num_iterations=40", "--bench_steps=4",
+                        f"--bench_trace={tmp_path / 'trace.json.gz'}"])
     model, seen, lines = tg.GPT(hp), [], []
     monkeypatch.setattr(tg, "train_step", lambda model, forward, optimizers, batches, step, *a, **k: seen.append(step))
     tg.benchmark(model, model, [], hp, 1, torch.device("cpu"), lambda line, console=True: lines.append(line), None)
-    assert seen == [37, 38, 37, 38, 37, 38]  # 4 timed, then a cycle through the phase timer
+    assert seen == [37, 38] * 4  # 4 timed, a cycle through the phase timer, a cycle profiled
     assert [tg.adam_steps_at(step, hp) for step in (37, 38, 39)] == [True, False, True]
     assert any("steps:4 adam_every:2" in line for line in lines)
     with pytest.raises(ValueError, match="--bench_steps=3: must be a multiple of --adam_every=2"):
