@@ -1492,7 +1492,7 @@ class TrainLoader:
         self.slices_per_rank = num_slices // world_size
         self.device = torch.device(device)
         self.prefetch = on_gpu(self.device)  # overlap loading with compute; tests turn it on for CPU
-        self.pending = None  # (seq_len, future of the next step's (slices, stream))
+        self.pending = None  # ((seq_len, doc_max), future of the next step's (slices, stream))
         self.worker = ThreadPoolExecutor(max_workers=1)
         self.load_state_dict({"position": 0})
 
@@ -1524,8 +1524,21 @@ class TrainLoader:
                             state["position"] - offset)
         self.stream = dataclasses.replace(self.load_next_shard(empty), pos=offset)
 
-    def cut_slice(self, s: TokenStream, seq_len: int) -> tuple[torch.Tensor, TokenStream]:
-        """-> seq_len + 1 tokens (starting at a BOS with align_to_bos), and the stream after them."""
+    @staticmethod
+    def truncated_docs(s: TokenStream, i: int, n: int, doc_max: int) -> torch.Tensor | None:
+        """-> positions in s.tokens of the first n tokens of the documents from the i-th BOS on, each document cut
+        to its first doc_max tokens (the rest is dropped); None if the loaded tokens end first."""
+        starts = s.bos[i:i + n + 1]  # n documents of at least one token fill n tokens
+        lengths = starts.diff().clamp(max=doc_max)  # of the documents whose end is loaded
+        last = int(torch.searchsorted(lengths.cumsum(0), n))
+        if last == len(lengths):
+            return None
+        return torch.cat([torch.arange(a, a + k) for a, k in zip(starts[:last + 1].tolist(),
+                                                                  lengths[:last + 1].tolist())])[:n]
+
+    def cut_slice(self, s: TokenStream, seq_len: int, doc_max: int = 0) -> tuple[torch.Tensor, TokenStream]:
+        """-> seq_len + 1 tokens (starting at a BOS with align_to_bos; with doc_max > 0, no more than doc_max tokens
+        of any document), and the stream after them."""
         misses = 0
         while True:
             start = s.pos
@@ -1538,31 +1551,36 @@ class TrainLoader:
                     s = self.load_next_shard(dataclasses.replace(s, pos=len(s.tokens)))
                     continue
                 start = int(s.bos[i])
-            if start + seq_len + 1 <= len(s.tokens):
+            if doc_max:
+                taken = self.truncated_docs(s, i, seq_len + 1, doc_max)
+                if taken is not None:
+                    return s.tokens[taken], dataclasses.replace(s, pos=int(taken[-1]))
+            elif start + seq_len + 1 <= len(s.tokens):
                 # The next slice starts at this slice's last target at the earliest.
                 return s.tokens[start:start + seq_len + 1], dataclasses.replace(s, pos=start + seq_len)
             s = self.load_next_shard(dataclasses.replace(s, pos=start))
 
-    def cut_step(self, s: TokenStream, seq_len: int) -> tuple[torch.Tensor, TokenStream]:
+    def cut_step(self, s: TokenStream, seq_len: int, doc_max: int) -> tuple[torch.Tensor, TokenStream]:
         """-> this rank's slices (slices_per_rank, seq_len + 1) int32 on the host, pinned for CUDA; the new stream."""
         own = torch.empty(self.slices_per_rank, seq_len + 1, dtype=torch.int32, pin_memory=on_gpu(self.device))
         for i in range(self.num_slices):
-            tokens, s = self.cut_slice(s, seq_len)
+            tokens, s = self.cut_slice(s, seq_len, doc_max)
             if i // self.slices_per_rank == self.rank:
                 own[i % self.slices_per_rank] = tokens
         return own, s
 
-    def next_batch(self, seq_len: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """-> [(inputs int32 (seq_len,), targets int64 (seq_len,))] for this rank's slices of the next step."""
-        if self.pending is not None and self.pending[0] == seq_len:
+    def next_batch(self, seq_len: int, doc_max: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """-> [(inputs int32 (seq_len,), targets int64 (seq_len,))] for this rank's slices of the next step, with
+        every document cut to doc_max tokens if doc_max > 0."""
+        if self.pending is not None and self.pending[0] == (seq_len, doc_max):
             own, self.stream = self.pending[1].result()
         else:
             if self.pending is not None:
-                self.pending[1].result()  # cut from the stream before it, for another seq_len: discarded
-            own, self.stream = self.cut_step(self.stream, seq_len)
+                self.pending[1].result()  # cut from the stream before it, for another shape: discarded
+            own, self.stream = self.cut_step(self.stream, seq_len, doc_max)
         self.pending = None
         if self.prefetch:
-            self.pending = (seq_len, self.worker.submit(self.cut_step, self.stream, seq_len))
+            self.pending = ((seq_len, doc_max), self.worker.submit(self.cut_step, self.stream, seq_len, doc_max))
         own = own.to(self.device, non_blocking=True)
         return [(row[:-1], row[1:].to(torch.int64)) for row in own]
 
@@ -1605,6 +1623,8 @@ class Hyperparameters:
     # batch: a step is `slices_per_step` slices of seq_len tokens, one per rank of an 8-GPU record run
     slices_per_step: int = 8  # slices per step; the world size must divide it (the rest is accumulated)
     seq_lens: str = "16384,32768,49152"  # batch-size schedule: one seq_len per equal stage of training
+    # upstream's record of 2026-02-10: "896,2048,2048" (a training document's tail beyond the cap is dropped)
+    doc_max_tokens: str = ""  # per --seq_lens stage: training documents cut to this many tokens ("": whole)
     num_iterations: int = 1750  # optimizer steps
     # model
     vocab_size: int = 50304  # 50257 padded to a multiple of 128
@@ -1750,6 +1770,11 @@ class Hyperparameters:
                 "needs --rope=half_yarn: it offsets the keys' stationary (frequency 0) dims, which plain RoPE lacks")
         require(not self.key_offset or "L" in self.window_pattern, "key_offset",
                 "needs an L block in --window_pattern: only long-window blocks offset their keys")
+        require(re.fullmatch(r"([1-9][0-9]*(,[1-9][0-9]*)*)?", self.doc_max_tokens) is not None
+                and len(self.doc_max_token_list) in (0, len(self.seq_len_stages)), "doc_max_tokens",
+                "must be empty or one positive whole number per --seq_lens stage, comma-separated")
+        require(self.align_to_bos or not self.doc_max_tokens, "doc_max_tokens",
+                "needs --align_to_bos: only slices that start at a BOS are cut into documents")
         require(re.fullmatch(r"[0-9]*\.?[0-9]+(,[0-9]*\.?[0-9]+)*", self.lr_stage_muls) is not None
                 and all(0 < m < math.inf for m in self.lr_stage_mul_list), "lr_stage_muls",
                 "must be comma-separated positive numbers")
@@ -1769,6 +1794,10 @@ class Hyperparameters:
     @property
     def seq_len_stages(self) -> list[int]:
         return [int(n) for n in self.seq_lens.split(",")]
+
+    @property
+    def doc_max_token_list(self) -> list[int]:
+        return [int(n) for n in self.doc_max_tokens.split(",")] if self.doc_max_tokens else []
 
     @property
     def lr_stage_mul_list(self) -> list[float]:
@@ -2018,6 +2047,12 @@ def momentum_at(step: int, hp: Hyperparameters) -> float:
 
 def seq_len_at(step: int, hp: Hyperparameters) -> int:
     return hp.seq_len_stages[stage_at(step, hp, len(hp.seq_len_stages))]
+
+
+def doc_max_at(step: int, hp: Hyperparameters) -> int:
+    """The cap on a training document's tokens at this step (--doc_max_tokens); 0: none."""
+    caps = hp.doc_max_token_list
+    return caps[stage_at(step, hp, len(caps))] if caps else 0
 
 
 def windows_until(step: int, hp: Hyperparameters) -> list[tuple[int, int]]:
@@ -2495,7 +2530,8 @@ def train(hp: Hyperparameters, rank: int, world_size: int, device: torch.device,
         if step >= untie_step(hp):
             model.tied = False
         seq_len = seq_len_at(step, hp)
-        loss = train_step(model, forward, optimizers, loader.next_batch(seq_len), step, hp, world_size, mtp_table)
+        batch = loader.next_batch(seq_len, doc_max_at(step, hp))
+        loss = train_step(model, forward, optimizers, batch, step, hp, world_size, mtp_table)
         if loader.epoch != epoch:
             epoch = loader.epoch
             log(f"info:data wrapped around: step {step + 1} starts pass {epoch + 1} over {hp.train_files}")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from data.tokenize_text import write_shard
-from train_gpt import BOS_ID, TrainLoader, read_shard, read_val_tokens, val_batches
+from train_gpt import BOS_ID, Hyperparameters, TrainLoader, doc_max_at, read_shard, read_val_tokens, val_batches
 
 
 def make_shards(tmp_path, n_shards=3, n_tokens=400, split="train", seed=0):
@@ -32,6 +32,28 @@ def reference_cut(stream, seq_lens, align, num_slices=8):
             cursor += seq_len
         steps.append(step)
     return steps
+
+
+def reference_truncated_cut(stream, shapes, num_slices=8):
+    """The cut with documents truncated, written out plainly: per step (seq_len, doc_max), each slice gathers the
+    first doc_max tokens of one document after another; the next slice starts at the first BOS at or after its
+    last target."""
+    stream = np.tile(stream, 20).tolist()
+    out, cursor = [], 0
+    for seq_len, doc_max in shapes:
+        step = []
+        for _ in range(num_slices):
+            cursor = stream.index(BOS_ID, cursor)
+            positions = []
+            while len(positions) < seq_len + 1:
+                doc_end = stream.index(BOS_ID, cursor + 1)
+                positions += range(cursor, min(doc_end, cursor + doc_max))
+                cursor = doc_end
+            positions = positions[:seq_len + 1]
+            step.append([stream[p] for p in positions])
+            cursor = positions[-1]
+        out.append(step)
+    return out
 
 
 def pattern(tmp_path, split="train"):
@@ -157,7 +179,7 @@ def test_train_loader_seq_len_change_stays_deterministic_with_prefetch(tmp_path)
         a, b = prefetching.next_batch(seq_len), plain.next_batch(seq_len)
         assert [x.tolist() for pair in a for x in pair] == [x.tolist() for pair in b for x in pair]
         assert all(len(inputs) == seq_len for inputs, _ in a)
-    assert prefetching.pending is not None and prefetching.pending[0] == seq_lens[-1]
+    assert prefetching.pending is not None and prefetching.pending[0] == (seq_lens[-1], 0)
     loader = TrainLoader(pattern(tmp_path), 0, 1)
     loader.prefetch = True
     for expected, seq_len in zip(reference_cut(stream, seq_lens, align=True), seq_lens):
@@ -207,18 +229,18 @@ def test_token_ids_beyond_the_vocabulary_name_the_shard(tmp_path):
         TrainLoader(pattern(tmp_path), 0, 1, vocab_size=50304)
 
 
-@pytest.mark.parametrize("align", [True, False])
-def test_train_loader_resumes_from_state_dict(tmp_path, align):
+@pytest.mark.parametrize("align, doc_max", [(True, 0), (False, 0), (True, 5)])
+def test_train_loader_resumes_from_state_dict(tmp_path, align, doc_max):
     make_shards(tmp_path, n_shards=3, n_tokens=150)
     loader = TrainLoader(pattern(tmp_path), 1, 4, align_to_bos=align)
     loader.prefetch = True
     for _ in range(3):
-        loader.next_batch(24)
+        loader.next_batch(24, doc_max)
     state = loader.state_dict()
-    expected = [[x.tolist() for pair in loader.next_batch(24) for x in pair] for _ in range(6)]  # wraps around
+    expected = [[x.tolist() for pair in loader.next_batch(24, doc_max) for x in pair] for _ in range(6)]  # wraps
     resumed = TrainLoader(pattern(tmp_path), 1, 4, align_to_bos=align)
     resumed.load_state_dict(state)
-    assert [[x.tolist() for pair in resumed.next_batch(24) for x in pair] for _ in range(6)] == expected
+    assert [[x.tolist() for pair in resumed.next_batch(24, doc_max) for x in pair] for _ in range(6)] == expected
     assert resumed.epoch == loader.epoch >= 2
 
 
@@ -252,3 +274,47 @@ def test_both_shard_readers_give_the_same_verdict_on_each_damaged_shard(tmp_path
         with pytest.raises((ValueError, FileNotFoundError)) as e:
             read_shard(path)
         assert words[name] in str(e.value) and words[name] in problem, (name, str(e.value), problem)
+
+
+def test_truncated_documents_keep_their_first_doc_max_tokens(tmp_path):
+    B = BOS_ID
+    docs = [[B, 1, 2, 3, 4, 5], [B, 6], [B, 7, 8, 9, 10], [B, 11, 12], [B, 13, 14, 15, 16, 17], [B, 18]]
+    write_shard(tmp_path / "fineweb_train_000001.bin", sum(docs, []))
+    loader = TrainLoader(pattern(tmp_path), 0, 1, num_slices=2)
+    # 6 tokens a slice, 3 a document; the second slice starts at the first one's last target, a BOS
+    assert [(inputs.tolist(), targets.tolist()) for inputs, targets in loader.next_batch(5, 3)] == [
+        ([B, 1, 2, B, 6], [1, 2, B, 6, B]), ([B, 7, 8, B, 11], [7, 8, B, 11, 12])]
+    assert [inputs.tolist() + targets[-1:].tolist() for inputs, targets in loader.next_batch(5, 3)] == [
+        [B, 13, 14, B, 18, B], [B, 1, 2, B, 6, B]]  # after the last target 12, the next BOS; then wraps around
+    whole = TrainLoader(pattern(tmp_path), 0, 1, num_slices=2)
+    assert [inputs.tolist() + targets[-1:].tolist() for inputs, targets in whole.next_batch(5)] == [
+        [B, 1, 2, 3, 4, 5], [B, 6, B, 7, 8, 9]]
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 8])
+def test_train_loader_truncates_documents_as_the_plain_reference_does(tmp_path, world_size):
+    stream = make_shards(tmp_path)  # documents of 2 to 40 tokens, 400 a shard: slices cross shards and wrap
+    shapes = [(30, 7), (30, 7), (60, 7), (60, 12), (20, 12), (30, 1), (30, 7)]
+    loaders = [TrainLoader(pattern(tmp_path), r, world_size) for r in range(world_size)]
+    loaders[-1].prefetch = True
+    for shape, expected in zip(shapes, reference_truncated_cut(stream, shapes)):
+        got = [inputs.tolist() + targets[-1:].tolist() for loader in loaders
+               for inputs, targets in loader.next_batch(*shape)]
+        assert got == expected
+    assert loaders[0].epoch >= 1
+
+
+def test_no_document_cap_by_default_and_a_cap_above_every_document_cuts_nothing(tmp_path):
+    hp = Hyperparameters(num_iterations=6)
+    assert hp.doc_max_tokens == "" and [doc_max_at(step, hp) for step in range(7)] == [0] * 7
+    stream = make_shards(tmp_path)
+    capped, default = TrainLoader(pattern(tmp_path), 0, 1), TrainLoader(pattern(tmp_path), 0, 1)
+    for step in reference_cut(stream, [50] * 6, align=True):
+        expected = [s.tolist() for s in step]
+        assert [inputs.tolist() + targets[-1:].tolist() for inputs, targets in default.next_batch(50)] == expected
+        assert [inputs.tolist() + targets[-1:].tolist() for inputs, targets in capped.next_batch(50, 41)] == expected
+
+
+def test_document_cap_follows_the_batch_stages():
+    hp = Hyperparameters(seq_lens="128,256,256", doc_max_tokens="32,64,96", lr_stage_muls="1,1,1", num_iterations=6)
+    assert [doc_max_at(step, hp) for step in range(7)] == [32, 32, 64, 64, 96, 96, 96]

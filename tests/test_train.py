@@ -138,7 +138,8 @@ def test_non_finite_loss_stops_the_run_with_a_message(shards, tmp_path):
 
 
 @pytest.mark.parametrize("save_step, model_flags",
-                         [(4, ["--val_window_blocks=1:3"]), (3, ["--adam_every=1", "--rope=plain"])])
+                         [(4, ["--val_window_blocks=1:3"]), (3, ["--adam_every=1", "--rope=plain"]),
+                          (4, ["--doc_max_tokens=48"])])
 def test_resume_from_checkpoint_continues_exactly(shards, tmp_path, save_step, model_flags):
     """With half_yarn (the record's and tiny's), the checkpoint at step 4 falls a step after tiny's long window grew
     (step 3): the resumed run must stretch the frequencies and grow the attention scale that no checkpoint stores.
@@ -235,6 +236,11 @@ def test_help_lists_every_flag_with_its_default_and_comment(capsys):
     (["--seq_lens=128,abc"], "--seq_lens=128,abc: must be comma-separated whole numbers"),
     (["--lr_stage_muls=0,1,1"], "--lr_stage_muls=0,1,1: must be comma-separated positive numbers"),
     (["--lr_stage_muls=1,1"], "--lr_stage_muls=1,1: needs one multiplier per --seq_lens stage"),
+    (["--doc_max_tokens=896,0,2048"], "--doc_max_tokens=896,0,2048: must be empty or one positive whole number per "
+                                      "--seq_lens stage"),
+    (["--doc_max_tokens=896,2048"], "--doc_max_tokens=896,2048: must be empty or one positive whole number per"),
+    (["--doc_max_tokens=896,2048,2048", "--align_to_bos=false"],
+     "--doc_max_tokens=896,2048,2048: needs --align_to_bos"),
     (["--fp8_head=true", "--vocab_size=50260"], "--fp8_head=True: needs --model_dim and --vocab_size multiples of 16"),
     (["--adam_every=0"], "--adam_every=0: must be positive"),
     (["--adam_every=2", "--save_every=3"], "--save_every=3: must be a multiple of --adam_every=2"),
@@ -242,6 +248,16 @@ def test_help_lists_every_flag_with_its_default_and_comment(capsys):
 def test_nonsensical_or_repeated_flags_are_refused(argv, message, capsys):
     assert tg.main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_training_asks_the_loader_for_each_stages_document_cap(shards, tmp_path, monkeypatch):
+    asked = []
+    next_batch = tg.TrainLoader.next_batch
+    monkeypatch.setattr(tg.TrainLoader, "next_batch",
+                        lambda self, seq_len, doc_max=0: asked.append(doc_max) or next_batch(self, seq_len, doc_max))
+    assert tg.main(tiny_args(shards, tmp_path, "capped", "--num_iterations=4", "--seq_lens=128,256",
+                             "--lr_stage_muls=1,1", "--mtp_weights=1,1", "--doc_max_tokens=48,96")) == 0
+    assert asked == [48, 48, 96, 96]
 
 
 def test_two_gloo_ranks_match_one_rank_with_accumulation(shards, tmp_path):
