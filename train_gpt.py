@@ -1612,6 +1612,11 @@ def val_batches(tokens: torch.Tensor, val_seq_len: int, rank: int, world_size: i
 # ----- Hyperparameters -----
 
 
+def int_list(text: str) -> list[int]:
+    """A comma-separated flag's whole numbers ("": none); the flag's own check has vetted its format."""
+    return [int(i) for i in text.split(",")] if text else []
+
+
 @dataclasses.dataclass
 class Hyperparameters:
     # data
@@ -1797,7 +1802,7 @@ class Hyperparameters:
 
     @property
     def doc_max_token_list(self) -> list[int]:
-        return [int(n) for n in self.doc_max_tokens.split(",")] if self.doc_max_tokens else []
+        return int_list(self.doc_max_tokens)
 
     @property
     def lr_stage_mul_list(self) -> list[float]:
@@ -1805,11 +1810,11 @@ class Hyperparameters:
 
     @property
     def value_embed_layer_list(self) -> list[int]:
-        return [int(i) for i in self.value_embed_layers.split(",")] if self.value_embed_layers else []
+        return int_list(self.value_embed_layers)
 
     @property
     def xsa_layer_list(self) -> list[int]:
-        return [int(i) for i in self.xsa_layers.split(",")] if self.xsa_layers else []
+        return int_list(self.xsa_layers)
 
     @property
     def skip_pairs(self) -> list[tuple[int, int]]:
@@ -1821,7 +1826,7 @@ class Hyperparameters:
 
     @property
     def no_attention_layer_list(self) -> list[int]:
-        return [int(i) for i in self.no_attention_layers.split(",")] if self.no_attention_layers else []
+        return int_list(self.no_attention_layers)
 
     @property
     def value_embed_of_block(self) -> list[int | None]:
