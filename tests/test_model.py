@@ -744,3 +744,34 @@ def test_fp8_head_matches_bf16_head_on_gpu(compile):
     results = [head_run(hp, fp8, tokens, windows, micro_steps=8, compile=compile) for fp8 in (False, True)]
     assert abs(results[0][0] - results[1][0]) < 1e-5  # validation runs the bf16 head either way
     check_fp8_head_against_bf16_head(results, loss_tol=2e-2, grad_tol=0.1)
+
+
+@pytest.mark.parametrize("flags", [{}, dict(key_offset=True, xsa_layers="0,1", value_embed_layers="0,1",
+                                            value_embed_gates=True)])
+def test_no_logit_sees_a_later_token(monkeypatch, flags):
+    """The whole model is causal: changing the token at position p changes no logit before p, with every feature
+    that mixes tokens on (attention, smear, the bigram hash, key offset, XSA, value embeddings). A model that
+    peeks ahead trains to a loss too good to be true; this is the check behind a proxy gain that large."""
+    logits_seen = []
+
+    def keep_logits(logits, targets, cap, mtp_weights=None):
+        logits_seen.append(logits.detach().clone())
+        return logits.float().mean()
+
+    monkeypatch.setattr(tg, "softcap_cross_entropy", keep_logits)
+    model, _ = tiny_model(**flags)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # off the init, whose zero projections and silent bigram table would hide the mixing
+        for param in model.parameters():
+            param.add_(0.3 * torch.randn(param.shape, generator=g))
+    tokens = random_documents(257, seed=4)
+    windows = {"S": torch.tensor(128), "L": torch.tensor(256)}
+    p = 150
+    changed = tokens.clone()
+    changed[p] = (tokens[p] + 7) % 1000
+    for inputs in (tokens, changed):
+        with torch.no_grad():
+            model(inputs[:-1].int(), inputs[1:].long(), windows)
+    before, after = logits_seen
+    assert torch.equal(before[:p], after[:p])
+    assert not torch.allclose(before[p:p + 2].float(), after[p:p + 2].float())  # the change does reach p and p + 1
