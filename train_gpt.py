@@ -1628,7 +1628,8 @@ class Hyperparameters:
     # batch: a step is `slices_per_step` slices of seq_len tokens, one per rank of an 8-GPU record run
     slices_per_step: int = 8  # slices per step; the world size must divide it (the rest is accumulated)
     seq_lens: str = "16384,32768,49152"  # batch-size schedule: one seq_len per equal stage of training
-    # upstream's record of 2026-02-10: "896,2048,2048" (a training document's tail beyond the cap is dropped)
+    # upstream's record of 2026-02-10: "896,2048,2048" (a training document's tail beyond the cap is dropped); off: on
+    # the proxy's long-document text a 2048 cap cost +0.15 (records/_runs/2026-12-02_recipe)
     doc_max_tokens: str = ""  # per --seq_lens stage: training documents cut to this many tokens ("": whole)
     num_iterations: int = 1750  # optimizer steps
     # model
@@ -1651,12 +1652,12 @@ class Hyperparameters:
     value_embed_layers: str = "0,1,8,9,10"  # blocks that each get their own value embedding ("": tied)
     value_embed_gates: bool = True  # v = a·v + 2σ(w·x[:attn_gate_dim])·value_embedding per head, w zero at init
     # Upstream's record of 2026-05-07 puts XSA on its layers 1, 3, 4, 7, 8, 10, all but its paired-head ones (0, 2, 5,
-    # 9; we have none); our blocks number as its layers, 6 without attention: its choice is --xsa_layers=1,3,4,7,8,10
-    xsa_layers: str = ""  # blocks whose attention drops tanh(α_h) of its output along the token's own value, α from 0
+    # 9; we have none); our blocks number as its layers, 6 without attention. With the key offset, -0.13 on the proxy
+    xsa_layers: str = "1,3,4,7,8,10"  # blocks whose attention drops tanh(α_h) of its output along the token's own value
     attn_scale: float = 0.1  # QK-norm bounds q·k by head_dim, so the usual 1/sqrt(head_dim) is too soft (plain: 0.12)
     rope: str = "half_yarn"  # plain: rope_base^(-i/(head_dim/2)) on every pair; half_yarn: half the pairs still, YaRN
     rope_base: float = 10000.0  # rotary embedding base (--rope=plain)
-    key_offset: bool = False  # in L blocks each key's stationary RoPE dims are the previous token's (half_yarn)
+    key_offset: bool = True  # in L blocks each key's stationary RoPE dims are the previous token's (half_yarn)
     logit_cap: str = "sigmoid:23,5,7.5"  # tanh:C bounds logits as C·tanh(l/C), sigmoid:A,B,C as A·σ((l+B)/C)
     embed_std: float = 0.005  # init std of the token embedding (and the tied LM head)
     value_embed_std: float = 0.01  # init std of the value embeddings
@@ -1772,9 +1773,10 @@ class Hyperparameters:
         require(self.rope == "plain" or self.head_dim % 4 == 0, "head_dim",
                 "must be a multiple of 4 with --rope=half_yarn: a quarter of it are the turning pairs")
         require(not self.key_offset or self.rope == "half_yarn", "key_offset",
-                "needs --rope=half_yarn: it offsets the keys' stationary (frequency 0) dims, which plain RoPE lacks")
+                "needs --rope=half_yarn: it offsets the keys' stationary (frequency 0) dims, which plain RoPE lacks "
+                "(add --key_offset=false)")
         require(not self.key_offset or "L" in self.window_pattern, "key_offset",
-                "needs an L block in --window_pattern: only long-window blocks offset their keys")
+                "needs an L block in --window_pattern: only long-window blocks offset their keys (add --key_offset=false)")
         require(re.fullmatch(r"([1-9][0-9]*(,[1-9][0-9]*)*)?", self.doc_max_tokens) is not None
                 and len(self.doc_max_token_list) in (0, len(self.seq_len_stages)), "doc_max_tokens",
                 "must be empty or one positive whole number per --seq_lens stage, comma-separated")
@@ -1866,12 +1868,12 @@ PRESETS = {
     "proxy": dict(slices_per_step=1, seq_lens="65536", lr_stage_muls="1.0", num_iterations=500, val_every=100,
                   val_tokens=2_097_152, warmup_steps=3),
     # The record's model at toy size; two blocks hold no 3 -> 6 skip or attention-free block 6: a U-net, one tied
-    # value embedding without gates.
+    # value embedding without gates, XSA in block 1 as the record's in all blocks but its first.
     "tiny": dict(num_layers=2, skips="unet", no_attention_layers="", value_embed_layers="", value_embed_gates=False,
-                 val_window_blocks="", model_dim=64, num_heads=2, head_dim=32, attn_gate_dim=8, num_value_embeds=1,
-                 bigram_buckets=1021, window_pattern="SL", window_blocks="1:1,1:2", seq_lens="128", lr_stage_muls="1.0",
-                 val_tokens=2048, val_seq_len=512, num_iterations=40, val_every=10, warmup_steps=1,
-                 momentum_warmup_frac=0.25),
+                 xsa_layers="1", val_window_blocks="", model_dim=64, num_heads=2, head_dim=32, attn_gate_dim=8,
+                 num_value_embeds=1, bigram_buckets=1021, window_pattern="SL", window_blocks="1:1,1:2", seq_lens="128",
+                 lr_stage_muls="1.0", val_tokens=2048, val_seq_len=512, num_iterations=40, val_every=10,
+                 warmup_steps=1, momentum_warmup_frac=0.25),
 }
 
 

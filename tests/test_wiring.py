@@ -64,7 +64,7 @@ def recorded(shards, tmp_path_factory) -> tuple[tg.Hyperparameters, dict]:
 def test_every_step_gives_the_optimizers_the_scheduled_lr_and_momentum(recorded):
     hp, seen = recorded
     adam_lrs = [hp.adam_head_lr, hp.adam_embed_lr, hp.adam_value_embed_lr, hp.adam_scalar_lr, hp.adam_bigram_lr,
-                hp.adam_smear_gate_lr]
+                hp.adam_smear_gate_lr, hp.adam_xsa_lr]
     assert len(seen["muon"]) == len(seen["adam"]) == hp.num_iterations
     scales = {tg.lr_scale(step, hp) for step in range(hp.num_iterations)}
     assert len(scales) > 5  # warm-up, flat and cooldown all occur
@@ -150,7 +150,8 @@ def test_the_neuron_axis_in_the_table_changes_the_update(monkeypatch):
 
 def test_adam_groups_take_betas_and_decay_from_the_table(monkeypatch):
     table = {"lm_head": ((0.1, 0.2), 1.0), "embed": ((0.3, 0.4), 2.0), "value_embeds": ((0.5, 0.6), 3.0),
-             "scalars": ((0.7, 0.8), 4.0), "bigram_embed": ((0.15, 0.25), 5.0), "smear_gate": ((0.35, 0.45), 6.0)}
+             "scalars": ((0.7, 0.8), 4.0), "bigram_embed": ((0.15, 0.25), 5.0), "smear_gate": ((0.35, 0.45), 6.0),
+             "xsa_alphas": ((0.55, 0.65), 7.0)}
     monkeypatch.setattr(tg, "ADAM_PARAMS", table)
     model, (_, adam) = tiny_model_and_optimizers(monkeypatch, tg.MATRIX_PARAMS)
     hp = tg.parse_args(["--preset=tiny"])
