@@ -1631,7 +1631,9 @@ class Hyperparameters:
     # upstream's record of 2026-02-10: "896,2048,2048" (a training document's tail beyond the cap is dropped); off: on
     # the proxy's long-document text a 2048 cap cost +0.15 (records/_runs/2026-12-02_recipe)
     doc_max_tokens: str = ""  # per --seq_lens stage: training documents cut to this many tokens ("": whole)
-    num_iterations: int = 1750  # optimizer steps
+    # Upstream's 1270 + 15 steps, plus 13% for what we lack of its recipe by its own figures (9.3 s of its 74 s: paired
+    # heads 3.5, MUDD 2.8, V/O init 1.2, truncation and extension steps ~0.9, layer-7 reads 0.5, paired-head Muon 0.4)
+    num_iterations: int = 1450  # optimizer steps (380.0M tokens; 1750 before 2026-12-02)
     # model
     vocab_size: int = 50304  # 50257 padded to a multiple of 128
     num_layers: int = 11  # transformer blocks (even with --skips=unet: its skips pair the halves)
