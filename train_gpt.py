@@ -2289,9 +2289,12 @@ def warmup_kernels(model: GPT, forward, optimizers, hp: Hyperparameters, rank: i
         synchronize(device)
         log(f"info:warmup seq_len:{seq_len} steps:{steps} seconds:{time.perf_counter() - t0:.1f}")
     if hp.warmup_steps:
+        t0 = time.perf_counter()
         with torch.no_grad():
             inputs, targets = dummy_batches(hp.val_seq_len, 1, device)[0]
             forward(inputs, targets, window_tensors(0, hp, device))
+        synchronize(device)
+        log(f"info:warmup val_seq_len:{hp.val_seq_len} seconds:{time.perf_counter() - t0:.1f}")
     model.load_state_dict(model_state)
     for opt, state in zip(optimizers, optimizer_states):
         opt.load_state_dict(state)
@@ -2467,10 +2470,10 @@ def use_compile_cache(folder: str) -> None:
         os.environ["TRITON_CACHE_DIR"] = str(path / "triton")
 
 
-def log_ready(log: Logger) -> None:
-    """The seconds from launch (imports, data checks, model, compile and warm-up) to the first timed step: what a
-    warm --compile_cache saves."""
-    log(f"info:ready seconds_since_launch:{time.perf_counter() - LAUNCHED:.1f}")
+def log_since_launch(log: Logger, event: str) -> None:
+    """The seconds from launch to an event of the start-up: `built` (imports, checks, the model and optimizers),
+    `ready` (the first timed step, after compile and warm-up: what a warm --compile_cache saves)."""
+    log(f"info:{event} seconds_since_launch:{time.perf_counter() - LAUNCHED:.1f}")
 
 
 def check_loss(loss: torch.Tensor, step: int) -> float:
@@ -2488,10 +2491,11 @@ def train(hp: Hyperparameters, rank: int, world_size: int, device: torch.device,
     forward = torch.compile(model, dynamic=False) if on_gpu(device) and hp.compile else model
     optimizers = build_optimizers(model, hp, rank, world_size)
     mtp_table = mtp_weight_tensors(hp, device)
+    log_since_launch(log, "built")
     if hp.bench_steps:
         warmup_kernels(model, forward, optimizers, hp, rank, world_size, device, log, mtp_table)
         synchronize(device)
-        log_ready(log)
+        log_since_launch(log, "ready")
         benchmark(model, forward, optimizers, hp, world_size, device, log, mtp_table)
         return float("nan")
     # All input is read and checked before the minutes of compiling that warm-up takes.
@@ -2516,7 +2520,7 @@ def train(hp: Hyperparameters, rank: int, world_size: int, device: torch.device,
             f"step_avg:{ms / done:.2f}ms")
 
     synchronize(device)
-    log_ready(log)
+    log_since_launch(log, "ready")
     t0 = time.perf_counter()
     step = start_step
     while True:
