@@ -359,4 +359,5 @@ def test_warmup_runs_an_adam_step_and_a_skipped_one_with_adam_every_2(monkeypatc
     monkeypatch.setattr(tg, "train_step", lambda model, forward, optimizers, batches, step, *a: steps.append(step))
     tg.warmup_kernels(model, model, optimizers, hp, 0, 1, CPU, lambda line, console=True: lines.append(line), None)
     assert steps == [0, 1] * len(hp.seq_len_stages)
-    assert all("steps:2 " in line for line in lines)
+    stage_lines = [line for line in lines if line.startswith("info:warmup seq_len:")]
+    assert len(stage_lines) == len(hp.seq_len_stages) and all("steps:2 " in line for line in stage_lines)
