@@ -2476,6 +2476,17 @@ def log_since_launch(log: Logger, event: str) -> None:
     log(f"info:{event} seconds_since_launch:{time.perf_counter() - LAUNCHED:.1f}")
 
 
+def log_val_at_train_windows(model: GPT, forward, val_tokens: torch.Tensor, hp: Hyperparameters, rank: int,
+                             world_size: int, device, log: Logger) -> None:
+    """The final weights validated again as without --val_window_blocks: at the last stage's windows and YaRN state.
+    The final val loss measures a longer context than training saw; in an A/B this line tells how much of a gain is
+    the weights'. Same shapes as the main validation, windows and rotary tables are tensors: no recompile."""
+    at_train = dataclasses.replace(hp, val_window_blocks="")
+    val_loss = evaluate(model, forward, val_tokens, hp.num_iterations, at_train, rank, world_size, device)
+    short, long = at_train.window_stages[-1]
+    log(f"info:val_at_train_windows val_loss:{val_loss:.4f} window_blocks:{short}:{long}")
+
+
 def check_loss(loss: torch.Tensor, step: int) -> float:
     """The host value of a step's training loss; raises if it is not finite."""
     value = loss.item()
@@ -2561,6 +2572,8 @@ def train(hp: Hyperparameters, rank: int, world_size: int, device: torch.device,
             t0 = time.perf_counter()
     log(f"final_val_loss:{val_loss:.4f} train_time:{train_time_ms:.0f}ms steps:{step} "
         f"peak_memory:{peak_memory_mib(device)}MiB tokens_seen:{tokens_seen}")
+    if hp.val_windows and hp.val_windows != hp.window_stages[-1]:  # after the summary: outside train_time
+        log_val_at_train_windows(model, forward, val_tokens, hp, rank, world_size, device, log)
     if hp.save_checkpoint:
         write_checkpoint(Path(hp.checkpoint_dir) / f"{hp.run_id}_final.pt", model, optimizers, loader, step,
                          train_time_ms, tokens_seen, hp, rank)

@@ -8,7 +8,10 @@ train log at all (a named file that is none is an error). A segment resumed with
 too: its train time counts only the time after its resume. Per arm: n, and mean ± standard deviation of the
 final val loss and of the train time. Then B - A for both, tested with Welch's t-test (two-sided, unequal
 variances, scipy): there "±" is the standard error of the difference, sqrt(s_A²/n_A + s_B²/n_B). An arm with one
-run has no spread, so no p-value. The verdict uses --alpha (default 0.05).
+run has no spread, so no p-value. The verdict uses --alpha (default 0.05). When every counted run of both arms
+logs `info:val_at_train_windows` (the final weights validated again at the last training stage's windows, which
+train_gpt.py adds when --val_window_blocks lengthens the final validation), a second verdict compares those losses
+the same way: a gain there is the weights', not the longer evaluation context's.
 
 The arms must have trained and been validated on the same data, or it refuses with exit code 2: the train_data /
 val_data sha256 lines when every run logs them, else the train_files / val_files hparams; val_tokens and
@@ -19,6 +22,7 @@ them are compared with the data unchecked, and an arm mixing them with ours is r
 import argparse
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -36,6 +40,7 @@ DATA_PATHS = ("train_files", "val_files")  # the fallback for logs without them:
 VAL_HPARAMS = ("val_tokens", "val_seq_len")  # what the val loss averages over, whichever way the files are checked
 ENVIRONMENT = ("world_size", "gpu", "torch", "triton", "cuda", "source_sha256")
 RUN_NAMING = {"run_id", "log_dir", "checkpoint_dir"}  # hparams that say where a run writes, not what it computes
+TRAIN_WINDOWS = re.compile(r"val_at_train_windows val_loss:(\S+) window_blocks:\S+")  # an info line's value
 
 
 class Refused(ValueError):
@@ -52,6 +57,12 @@ def skip_reason(run: RunLog) -> str | None:
         return f"failed: {run.errors[0]}"
     last = f", last step {run.steps[-1].step}/{run.steps[-1].total}" if run.steps else ", no step logged"
     return f"incomplete: no summary line{last}"
+
+
+def train_windows_loss(run: RunLog) -> float | None:
+    """The final weights' val loss at the last training stage's windows; None if the run does not log it."""
+    found = [m for m in map(TRAIN_WINDOWS.fullmatch, run.info) if m]
+    return float(found[-1][1]) if found else None
 
 
 def values(runs: list[RunLog], get) -> list[str]:
@@ -155,10 +166,15 @@ def compare(args_a: list, args_b: list, alpha: float = ALPHA) -> dict:
     check_layouts({"A": a, "B": b})
     checked = check_same_data(a, b)
     loss = welch([r.final.val_loss for r in a], [r.final.val_loss for r in b])
-    return {"alpha": alpha, "arms": {"A": arm_summary(parsed["A"], a), "B": arm_summary(parsed["B"], b)},
-            "skipped": skipped, "same_data": checked, "differences": differences(a, b), "val_loss_diff": loss,
-            "train_time_ms_diff": welch([r.final.train_time_ms for r in a], [r.final.train_time_ms for r in b]),
-            "verdict": verdict(loss, len(a), len(b), alpha)}
+    result = {"alpha": alpha, "arms": {"A": arm_summary(parsed["A"], a), "B": arm_summary(parsed["B"], b)},
+              "skipped": skipped, "same_data": checked, "differences": differences(a, b), "val_loss_diff": loss,
+              "train_time_ms_diff": welch([r.final.train_time_ms for r in a], [r.final.train_time_ms for r in b]),
+              "verdict": verdict(loss, len(a), len(b), alpha)}
+    at_train = [[train_windows_loss(r) for r in runs] for runs in (a, b)]
+    if None not in at_train[0] + at_train[1]:
+        diff = welch(*at_train)
+        result.update(train_windows_val_loss_diff=diff, train_windows_verdict=verdict(diff, len(a), len(b), alpha))
+    return result
 
 
 def _pm(mean: float, spread: float | None, fmt: str, scale: float = 1.0) -> str:
@@ -190,6 +206,8 @@ def report(result: dict) -> str:
     lines.append(f"train time B - A: {_pm(time_['diff'], time_['se'], '+.3f', 1000)} s  ({_test(time_)})")
     lines.append("(± after a mean: standard deviation of the runs; after B - A: standard error of the difference)")
     lines.append(f"verdict: {result['verdict']}")
+    if "train_windows_verdict" in result:
+        lines.append(f"verdict at the last training stage's windows: {result['train_windows_verdict']}")
     return "\n".join(lines)
 
 

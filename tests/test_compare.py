@@ -92,6 +92,48 @@ def test_one_run_per_arm_gives_a_difference_without_p_value(tmp_path):
     assert "val loss B - A: -0.0200  (no p-value)" in text and "3.2900 ±" not in text
 
 
+def log_train_windows_loss(paths: list, losses: list[float]) -> list:
+    """Append the line train_gpt.py logs after the summary when --val_window_blocks lengthens the final validation."""
+    for path, loss in zip(paths, losses):
+        with open(path, "a") as f:
+            f.write(f"info:val_at_train_windows val_loss:{loss:.4f} window_blocks:5:11\n")
+    return paths
+
+
+AT_TRAIN_A = [3.3101, 3.3120, 3.3085, 3.3110]
+AT_TRAIN_B = [3.3098, 3.3131, 3.3080]  # B's gain at --val_window_blocks is gone at the training windows
+
+
+def test_losses_at_the_training_windows_get_a_second_verdict_when_every_run_logs_one(tmp_path):
+    a = log_train_windows_loss(write_arm(tmp_path / "a", A_LOSSES), AT_TRAIN_A)
+    b = log_train_windows_loss(write_arm(tmp_path / "b", B_LOSSES), AT_TRAIN_B)
+    result = compare.compare(a, b)
+    assert result["verdict"].startswith("B lower by 0.0190")  # the final val loss's verdict is unchanged
+    at_train = result["train_windows_val_loss_diff"]
+    expected = scipy.stats.ttest_ind(AT_TRAIN_B, AT_TRAIN_A, equal_var=False)
+    assert at_train["diff"] == pytest.approx(np.mean(AT_TRAIN_B) - np.mean(AT_TRAIN_A))
+    assert at_train["p"] == pytest.approx(expected.pvalue) and at_train["p"] > 0.5
+    assert result["train_windows_verdict"] == compare.verdict(at_train, 4, 3, compare.ALPHA)
+    assert result["train_windows_verdict"].startswith("no difference detectable at p < 0.05 with n = 4 / 3 (B - A")
+    lines = compare.report(result).splitlines()
+    assert lines[-2] == f"verdict: {result['verdict']}"
+    assert lines[-1] == f"verdict at the last training stage's windows: {result['train_windows_verdict']}"
+    done = run_script("compare", tmp_path / "a", tmp_path / "b", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["train_windows_verdict"] == result["train_windows_verdict"]
+
+
+def test_no_second_verdict_unless_every_run_of_both_arms_logs_its_loss_at_the_training_windows(tmp_path):
+    a = write_arm(tmp_path / "a", A_LOSSES)
+    b = write_arm(tmp_path / "b", B_LOSSES)
+    before = compare.report(compare.compare(a, b))
+    log_train_windows_loss(a, AT_TRAIN_A)
+    log_train_windows_loss(b[:2], AT_TRAIN_B)  # one run of B logs none
+    result = compare.compare(a, b)
+    assert "train_windows_verdict" not in result and "train_windows_val_loss_diff" not in result
+    assert compare.report(result) == before
+
+
 def test_data_fields_that_no_run_logs_are_reported_unchecked(tmp_path):
     a = [write_log(tmp_path / f"a{i}.txt", run_id=f"a{i}", final_loss=3.29 - i / 100) for i in range(2)]
     b = [write_log(tmp_path / f"b{i}.txt", run_id=f"b{i}", final_loss=3.27 - i / 100) for i in range(2)]

@@ -60,6 +60,52 @@ def test_tiny_preset_loss_falls(shards, tmp_path):
     text = (tmp_path / "fall.txt").read_text()
     assert re.search(r"^final_val_loss:\S+ train_time:\d+ms steps:30 peak_memory:\d+MiB tokens_seen:30720$",
                      text, re.M)
+    assert not re.search(r"^info:val_at_train_windows", text, re.M)  # tiny validates at its last stage's windows
+
+
+def val_loss_reading_windows(monkeypatch):
+    """Validation losses plus the windows and the attention scale's gain: the tiny model's own loss moves by ~1e-5
+    between windows, under the log's 4 decimals, so a loss taken at the wrong windows or YaRN state would pass."""
+    forward = tg.GPT.forward
+
+    def reading(self, inputs, targets, windows, mtp_weights=None):
+        loss = forward(self, inputs, targets, windows, mtp_weights)
+        if torch.is_grad_enabled():
+            return loss
+        return loss + windows["S"] / 1000 + windows["L"] / 100 + self.rotary.attn_scale_gain
+
+    monkeypatch.setattr(tg.GPT, "forward", reading)
+
+
+def test_final_validation_at_longer_windows_also_logs_the_loss_at_the_last_training_windows(shards, tmp_path,
+                                                                                            monkeypatch):
+    """--val_window_blocks=2:3 validates the final weights at longer windows than tiny's last stage (1:2), with
+    YaRN stretched once more; after the summary, whose value stays that validation's, an info line gives the same
+    weights' loss at the last training step's windows and YaRN state."""
+    val_loss_reading_windows(monkeypatch)
+    args = tiny_args(shards, tmp_path, "both", "--num_iterations=2", "--val_every=0", "--val_window_blocks=2:3",
+                     "--save_checkpoint=true")
+    assert tg.main(args) == 0
+    lines = (tmp_path / "both.txt").read_text().splitlines()
+    summary = [i for i, line in enumerate(lines) if line.startswith("final_val_loss:")]
+    assert len(summary) == 1 and parse_log(tmp_path / "both.txt").status == "complete"
+    at_train = re.fullmatch(r"info:val_at_train_windows val_loss:([\d.]+) window_blocks:1:2", lines[summary[0] + 1])
+    assert at_train, lines[summary[0] + 1:]
+    hp = tg.parse_args(args)
+    model = tg.GPT(hp)
+    model.load_state_dict(torch.load(tmp_path / "both_final.pt", weights_only=False)["model"])
+    val_tokens = tg.read_val_tokens(hp.val_files, hp.val_tokens, hp.vocab_size)
+    final, last_step = (tg.evaluate(model, model, val_tokens, step, hp, 0, 1, torch.device("cpu"))
+                        for step in (hp.num_iterations, hp.num_iterations - 1))
+    assert final - last_step > 1  # windows of 2:3 blocks, not 1:2: 1.41 more, and the gain grows too
+    assert lines[summary[0]].startswith(f"final_val_loss:{final:.4f} ")
+    assert at_train[1] == f"{last_step:.4f}"
+
+
+def test_final_validation_at_the_last_stages_windows_logs_no_second_loss(shards, tmp_path):
+    assert tg.main(tiny_args(shards, tmp_path, "same", "--num_iterations=1", "--val_window_blocks=1:2")) == 0
+    text = (tmp_path / "same.txt").read_text()
+    assert re.search(r"^final_val_loss:", text, re.M) and not re.search(r"^info:val_at_train_windows", text, re.M)
 
 
 def test_log_starts_with_exact_source_and_its_sha256(shards, tmp_path):

@@ -87,20 +87,23 @@ def test_every_forward_sees_the_scheduled_windows_batch_and_ties(recorded):
     assert 0 < tg.untie_step(hp) < hp.num_iterations
 
 
-def test_every_forward_reads_the_yarn_state_of_its_step_and_validation_the_longer_window(recorded):
+def test_every_forward_reads_the_yarn_state_of_its_step_and_the_final_validations_theirs(recorded):
     """Training forwards of step s read the rotary tables and scale gain of yarn_at(s); the validation after the
-    last step reads those of --val_window_blocks, one more stretch, with its windows."""
+    last step reads those of --val_window_blocks, one more stretch, with its windows; then the same weights are
+    validated again with the last training step's windows, tables and gain."""
     hp, seen = recorded
     micro_steps, val_seqs = hp.slices_per_step, hp.val_tokens // hp.val_seq_len
-    assert [grad for grad, *_ in seen["rotary"]] == [True] * hp.num_iterations * micro_steps + [False] * val_seqs
-    steps = [i // micro_steps for i in range(hp.num_iterations * micro_steps)] + [hp.num_iterations] * val_seqs
+    assert [grad for grad, *_ in seen["rotary"]] == [True] * hp.num_iterations * micro_steps + [False] * 2 * val_seqs
+    steps = ([i // micro_steps for i in range(hp.num_iterations * micro_steps)] + [hp.num_iterations] * val_seqs
+             + [hp.num_iterations - 1] * val_seqs)
     assert len({tg.yarn_at(step, hp)[1] for step in steps}) == 5  # four stages' long windows and validation's
     for step, (_, windows, cos, sin, gain) in zip(steps, seen["rotary"]):
         freqs, expected_gain = tg.yarn_at(step, hp)
         theta = torch.outer(torch.arange(cos.size(0), dtype=torch.float32), freqs)
         torch.testing.assert_close((cos, sin), (theta.cos(), theta.sin()), atol=1e-6, rtol=0)
         assert gain == pytest.approx(expected_gain, rel=1e-6) and windows == tg.windows_at(step, hp), step
-    assert seen["rotary"][-1][1] == {"S": 4 * 128, "L": 6 * 128}
+    assert seen["rotary"][-val_seqs - 1][1] == {"S": 4 * 128, "L": 6 * 128}
+    assert seen["rotary"][-1][1] == {"S": 3 * 128, "L": 5 * 128}
 
 
 def test_training_forwards_get_the_scheduled_multi_token_weights_and_validation_none(recorded):
