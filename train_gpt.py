@@ -36,6 +36,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 # torch 2.13 renames reduce_scatter_tensor / all_gather_into_tensor; the old names are the ones torch 2.11 has.
 warnings.filterwarnings("ignore", message=r".*is deprecated. Please use `torch.distributed")
+IMPORTED = time.perf_counter()  # the start-up's first part: imports (torch, Triton, CUDA's libraries)
 
 
 def on_gpu(x: torch.Tensor | torch.device) -> bool:
@@ -2470,10 +2471,12 @@ def use_compile_cache(folder: str) -> None:
         os.environ["TRITON_CACHE_DIR"] = str(path / "triton")
 
 
-def log_since_launch(log: Logger, event: str) -> None:
+def log_since_launch(log: Logger, event: str, **parts: float) -> None:
     """The seconds from launch to an event of the start-up: `built` (imports, checks, the model and optimizers),
-    `ready` (the first timed step, after compile and warm-up: what a warm --compile_cache saves)."""
-    log(f"info:{event} seconds_since_launch:{time.perf_counter() - LAUNCHED:.1f}")
+    `ready` (the first timed step, after compile and warm-up: what a warm --compile_cache saves); then the
+    seconds of the parts named, so a slow start can be told apart without a profiler."""
+    log(f"info:{event} seconds_since_launch:{time.perf_counter() - LAUNCHED:.1f}"
+        + "".join(f" {name}:{seconds:.1f}" for name, seconds in parts.items()))
 
 
 def log_val_at_train_windows(model: GPT, forward, val_tokens: torch.Tensor, hp: Hyperparameters, rank: int,
@@ -2497,12 +2500,15 @@ def check_loss(loss: torch.Tensor, step: int) -> float:
 
 def train(hp: Hyperparameters, rank: int, world_size: int, device: torch.device, log: Logger) -> float:
     torch.manual_seed(hp.seed)
+    t_model = time.perf_counter()
     model = GPT(hp, micro_steps=hp.slices_per_step // world_size).to(device)
     use_compile_cache(hp.compile_cache)
     forward = torch.compile(model, dynamic=False) if on_gpu(device) and hp.compile else model
+    t_optimizers = time.perf_counter()
     optimizers = build_optimizers(model, hp, rank, world_size)
     mtp_table = mtp_weight_tensors(hp, device)
-    log_since_launch(log, "built")
+    log_since_launch(log, "built", imports=IMPORTED - LAUNCHED, model=t_optimizers - t_model,
+                     optimizers=time.perf_counter() - t_optimizers)
     if hp.bench_steps:
         warmup_kernels(model, forward, optimizers, hp, rank, world_size, device, log, mtp_table)
         synchronize(device)

@@ -36,8 +36,11 @@ def val_losses(log: Path) -> dict[int, float]:
 def test_log_states_the_seconds_from_launch_to_the_first_timed_step(shards, tmp_path, monkeypatch):
     """One line, after the warm-up and before the first step (or the benchmark's table), counted from
     train_gpt.LAUNCHED: here set 100 s back, so a count from anything later (the warm-up's start, main's) fails.
-    The start-up's parts: `built` before the warm-up, then a line per warm-up, the validation's compile last."""
-    monkeypatch.setattr(tg, "LAUNCHED", tg.time.perf_counter() - 100)
+    The start-up's parts: `built` (with the imports' seconds, here set to 50, the model's and the optimizers')
+    before the warm-up, then a line per warm-up, the validation's compile last."""
+    now = tg.time.perf_counter()
+    monkeypatch.setattr(tg, "LAUNCHED", now - 100)
+    monkeypatch.setattr(tg, "IMPORTED", now - 50)
     for run_id, extra, first in [("ready", "--num_iterations=2", "step:1/2 "),
                                  ("ready_bench", "--bench_steps=2", "info:bench ")]:
         assert tg.main(tiny_args(shards, tmp_path, run_id, extra)) == 0
@@ -48,7 +51,12 @@ def test_log_states_the_seconds_from_launch_to_the_first_timed_step(shards, tmp_
         last_warmup = max(i for i, line in enumerate(lines) if line.startswith("info:warmup "))
         assert last_warmup < ready[0] < min(i for i, line in enumerate(lines) if line.startswith(first))
         built = [i for i, line in enumerate(lines) if line.startswith("info:built seconds_since_launch:")]
-        assert len(built) == 1 and 100 < float(lines[built[0]].split(":")[-1]) < 400
+        assert len(built) == 1
+        parts = re.fullmatch(r"info:built seconds_since_launch:(\S+) imports:(\S+) model:(\S+) optimizers:(\S+)",
+                             lines[built[0]])
+        since, imports, model, optimizers = map(float, parts.groups())
+        assert 100 < since < 400 and imports == 50
+        assert imports + model + optimizers <= since + 0.15
         assert built[0] < min(i for i, line in enumerate(lines) if line.startswith("info:warmup "))
         assert lines[last_warmup].startswith("info:warmup val_seq_len:512 seconds:")  # the validation's compile
 
