@@ -2630,5 +2630,19 @@ def main(argv: list[str]) -> int:
             dist.destroy_process_group()
 
 
+def exit_code(code: int, distributed: bool) -> int:
+    """-> code for sys.exit; a distributed process instead leaves at once (os._exit) once its output is flushed.
+    After a complete run a gloo worker thread may still be freeing its last finished collective, whose tensors'
+    Python objects it can only release with the GIL; if the interpreter is finalizing by then, the thread dies
+    taking it and the process aborts (`terminate called without an active exception`, exit -6: torch 2.13, one
+    2-rank CPU run in ~40 under load; the worker's stack from a core dump). Logs and checkpoints are written and
+    closed by then, so finalizing the interpreter would add nothing."""
+    if distributed:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(exit_code(main(sys.argv[1:]), distributed=int(os.environ.get("WORLD_SIZE", 1)) > 1))

@@ -24,6 +24,7 @@ def _worker(rank, world_size, port, fn, args, out_dir):
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
+    os._exit(0)  # not through the interpreter's finalization: train_gpt.exit_code says why
 
 
 def run_gloo(fn, world_size: int, *args):

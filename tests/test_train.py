@@ -332,6 +332,20 @@ def test_two_gloo_ranks_match_one_rank_with_accumulation(shards, tmp_path):
     assert one[5] == pytest.approx(two[5], abs=2e-3) and one[5] < one[0] - 1.0
 
 
+@pytest.mark.parametrize("world_size, finalized", [("2", False), ("1", True)])
+def test_a_distributed_process_leaves_without_finalizing_the_interpreter(world_size, finalized):
+    """A torchrun rank (WORLD_SIZE > 1) exits with main's code through os._exit, so that no gloo worker thread can
+    abort it during finalization; an atexit handler shows whether finalization ran. A bad flag: main returns 2
+    before any process group is set up."""
+    script = ("import atexit, runpy, sys; atexit.register(lambda: print('finalized')); "
+              f"sys.argv = [{str(ROOT / 'train_gpt.py')!r}, '--no_such_flag=1']; "
+              f"runpy.run_path(sys.argv[0], run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "WORLD_SIZE": world_size})
+    assert result.returncode == 2 and "no_such_flag" in result.stderr
+    assert ("finalized" in result.stdout) == finalized
+
+
 def test_attended_keys_count_own_document_and_window():
     bos = tg.BOS_ID
     inputs = torch.tensor([bos, 5, 6, 7, bos, 8, bos])
