@@ -47,7 +47,7 @@ def test_log_states_the_seconds_from_launch_to_the_first_timed_step(shards, tmp_
         lines = (tmp_path / f"{run_id}.txt").read_text().splitlines()
         ready = [i for i, line in enumerate(lines) if line.startswith("info:ready seconds_since_launch:")]
         assert len(ready) == 1, run_id
-        assert 100 < float(lines[ready[0]].split(":")[-1]) < 400
+        assert 100 <= float(lines[ready[0]].split(":")[-1]) < 400
         last_warmup = max(i for i, line in enumerate(lines) if line.startswith("info:warmup "))
         assert last_warmup < ready[0] < min(i for i, line in enumerate(lines) if line.startswith(first))
         built = [i for i, line in enumerate(lines) if line.startswith("info:built seconds_since_launch:")]
@@ -55,8 +55,8 @@ def test_log_states_the_seconds_from_launch_to_the_first_timed_step(shards, tmp_
         parts = re.fullmatch(r"info:built seconds_since_launch:(\S+) imports:(\S+) model:(\S+) optimizers:(\S+)",
                              lines[built[0]])
         since, imports, model, optimizers = map(float, parts.groups())
-        assert 100 < since < 400 and imports == 50
-        assert imports + model + optimizers <= since + 0.15
+        assert 100 <= since < 400 and imports == 50  # one decimal: a fast build logs 100.0
+        assert imports + model + optimizers <= since + 0.25  # four numbers rounded to 0.1
         assert built[0] < min(i for i, line in enumerate(lines) if line.startswith("info:warmup "))
         assert lines[last_warmup].startswith("info:warmup val_seq_len:512 seconds:")  # the validation's compile
 
