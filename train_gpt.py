@@ -2634,9 +2634,9 @@ def exit_code(code: int, distributed: bool) -> int:
     """-> code for sys.exit; a distributed process instead leaves at once (os._exit) once its output is flushed.
     After a complete run a gloo worker thread may still be freeing its last finished collective, whose tensors'
     Python objects it can only release with the GIL; if the interpreter is finalizing by then, the thread dies
-    taking it and the process aborts (`terminate called without an active exception`, exit -6: torch 2.13, one
-    2-rank CPU run in ~40 under load; the worker's stack from a core dump). Logs and checkpoints are written and
-    closed by then, so finalizing the interpreter would add nothing."""
+    taking it and the process aborts (`terminate called without an active exception`, exit -6: torch 2.13, 3 of
+    ~170 2-rank CPU runs under load; the worker's stack from a core dump). Logs and checkpoints are written and
+    flushed by then, so finalizing the interpreter would add nothing."""
     if distributed:
         sys.stdout.flush()
         sys.stderr.flush()
