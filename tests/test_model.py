@@ -194,6 +194,9 @@ def test_key_offset_needs_half_yarn_and_a_long_window_block():
                          (["--key_offset=1", "--window_pattern=SSSSSSSSSSS"], "--key_offset=True: needs an L block")]:
         with pytest.raises(ValueError, match=re.escape(needle)):
             tg.parse_args(argv)
+    for argv in (["--rope=plain"], ["--window_pattern=SSSSSSSSSSS"]):  # on by default: the way out is named
+        with pytest.raises(ValueError, match=re.escape("(add --key_offset=false)")):
+            tg.parse_args(argv)
     assert tg.parse_args([]).key_offset and not tg.parse_args(["--rope=plain", "--key_offset=false"]).key_offset
 
 

@@ -61,6 +61,15 @@ def test_log_states_the_seconds_from_launch_to_the_first_timed_step(shards, tmp_
         assert lines[last_warmup].startswith("info:warmup val_seq_len:512 seconds:")  # the validation's compile
 
 
+def test_readme_states_the_record_presets_steps_and_tokens():
+    """README's count of the record preset's steps and tokens is the preset's: each step takes slices_per_step slices
+    of its stage's seq_len."""
+    hp = tg.parse_args([])
+    tokens = sum(hp.slices_per_step * tg.seq_len_at(step, hp) for step in range(hp.num_iterations))
+    stated = re.search(r"The preset trains \*\*(\d+) steps \((\d+)M tokens\)\*\*", (ROOT / "README.md").read_text())
+    assert stated and (int(stated[1]), int(stated[2])) == (hp.num_iterations, round(tokens / 1e6))
+
+
 def test_tiny_preset_loss_falls(shards, tmp_path):
     assert tg.main(tiny_args(shards, tmp_path, "fall", "--num_iterations=30")) == 0
     losses = val_losses(tmp_path / "fall.txt")
