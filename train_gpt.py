@@ -706,6 +706,53 @@ def fp8_matmul(x: torch.Tensor, w: torch.Tensor, x_scale: float, w_scale: float,
     return fp8_matmul_scaled_mm(x, w, x_scale, w_scale, grad_scale)[0]
 
 
+def adam_update_torch(weights, grad, exp_avg, exp_avg_sq, hyper: torch.Tensor) -> None:
+    """Bias-corrected Adam with cautious weight decay, in place on flat fp32 shards: the moments, then the weights,
+    decayed by lr²·weight_decay only where the update already pulls them toward zero.
+    hyper: fp32 [lr, beta1, beta2, eps, weight_decay, 1 - beta1^step, 1 - beta2^step] on the weights' device.
+    Tensors, not floats, so that a new lr neither recompiles nor syncs."""
+    lr, beta1, beta2, eps, weight_decay, correction1, correction2 = hyper.unbind()
+    exp_avg.mul_(beta1).add_(grad * (1 - beta1))
+    exp_avg_sq.mul_(beta2).add_(grad.square() * (1 - beta2))
+    update = exp_avg / ((exp_avg_sq / correction2).sqrt() + eps) * (lr / correction1)
+    weights.sub_(weights * ((update * weights > 0) * (lr * lr * weight_decay)) + update)
+
+
+@triton.jit
+def _adam_kernel(W, G, M, V, H, n, BLOCK: tl.constexpr):
+    """adam_update_torch on BLOCK elements of the flat W, G, M, V (fp32, contiguous): each read once and W, M, V
+    written once, 28 bytes an element, the memory floor of the update. H: the 7 hyperparameters."""
+    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < n
+    lr, beta1, beta2, eps = tl.load(H), tl.load(H + 1), tl.load(H + 2), tl.load(H + 3)
+    weight_decay, correction1, correction2 = tl.load(H + 4), tl.load(H + 5), tl.load(H + 6)
+    g = tl.load(G + offsets, mask=mask, other=0.0)
+    m = tl.load(M + offsets, mask=mask, other=0.0) * beta1 + g * (1 - beta1)
+    v = tl.load(V + offsets, mask=mask, other=0.0) * beta2 + g * g * (1 - beta2)
+    update = m / (tl.sqrt_rn(v / correction2) + eps) * (lr / correction1)
+    w = tl.load(W + offsets, mask=mask, other=0.0)
+    w = w - (tl.where(update * w > 0, w * (lr * lr * weight_decay), 0.0) + update)
+    tl.store(M + offsets, m, mask=mask)
+    tl.store(V + offsets, v, mask=mask)
+    tl.store(W + offsets, w, mask=mask)
+
+
+def adam_update_triton(weights, grad, exp_avg, exp_avg_sq, hyper: torch.Tensor, block: int = 1024) -> None:
+    """adam_update_torch in one kernel launch, whatever the size: no compile, no per-size specialization."""
+    for name, t in (("weights", weights), ("grad", grad), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
+        if t.dtype != torch.float32 or not t.is_contiguous() or t.numel() != weights.numel():
+            raise ValueError(f"adam_update_triton: {name} must be contiguous fp32 of {weights.numel()} elements, "
+                             f"got {t.dtype} {tuple(t.shape)} strides {t.stride()}")
+    n = weights.numel()
+    if n:
+        _adam_kernel[(triton.cdiv(n, block),)](weights, grad, exp_avg, exp_avg_sq, hyper, n, BLOCK=block,
+                                               num_warps=4)
+
+
+def adam_update_(weights, grad, exp_avg, exp_avg_sq, hyper: torch.Tensor) -> None:
+    (adam_update_triton if on_gpu(weights) else adam_update_torch)(weights, grad, exp_avg, exp_avg_sq, hyper)
+
+
 # ----- Optimizers -----
 
 # Polar Express coefficients for bf16, 5 steps, safety factor included (Amsel, Persson, Musco, Gower 2025,
@@ -939,20 +986,6 @@ class NorMuon(torch.optim.Optimizer):
                 .clone().to(params[0].device) for key in saved[0]}
 
 
-def adam_update_(weights, grad, exp_avg, exp_avg_sq, hyper: torch.Tensor) -> None:
-    """Bias-corrected Adam with cautious weight decay, in place on flat fp32 shards: the moments, then the weights,
-    decayed by lr²·weight_decay only where the update already pulls them toward zero. Compiled, it is one pass
-    over the four tensors instead of the ~18 that the eager ops make, which matters for the 290M-row bigram table.
-    hyper: fp32 [lr, beta1, beta2, eps, weight_decay, 1 - beta1^step, 1 - beta2^step] on the weights' device.
-    Tensors, not floats: compiled on CUDA, a float lr was guarded on its value, so each new lr recompiled."""
-    lr, beta1, beta2, eps, weight_decay, correction1, correction2 = hyper.unbind()
-    # Not lerp_: compiled with symbolic betas of 0.8 and 0.95, two lerp_s gave wrong moments (torch 2.13, CPU).
-    exp_avg.mul_(beta1).add_(grad * (1 - beta1))
-    exp_avg_sq.mul_(beta2).add_(grad.square() * (1 - beta2))
-    update = exp_avg / ((exp_avg_sq / correction2).sqrt() + eps) * (lr / correction1)
-    weights.sub_(weights * ((update * weights > 0) * (lr * lr * weight_decay)) + update)
-
-
 class DistAdam(torch.optim.Optimizer):
     """Adam (bias-corrected, cautious weight decay ∝ lr²) with state and update sharded: a param is seen flat,
     zero-padded to a multiple of world_size, and rank r owns the contiguous slice [r·s, (r+1)·s).
@@ -960,10 +993,9 @@ class DistAdam(torch.optim.Optimizer):
     backward, if grad_sync_enabled (groups with overlap=False, and grads whose hook found it off, start theirs
     in step()); step() waits for each, updates this rank's shard and starts the parameter all-gather, and
     waits for all gathers at its end. Every group sets its `lr`; an optional `lr_mul` (default 1) scales it.
-    compiled: adam_update_ through torch.compile (one graph for every shard size, step and lr)."""
+    The update itself is adam_update_: one Triton kernel a param on CUDA."""
 
-    def __init__(self, param_groups, betas=(0.8, 0.95), eps=1e-10, weight_decay=0.0, rank=0, world_size=1,
-                 compiled=False):
+    def __init__(self, param_groups, betas=(0.8, 0.95), eps=1e-10, weight_decay=0.0, rank=0, world_size=1):
         defaults = dict(betas=betas, eps=eps, weight_decay=weight_decay, lr_mul=1.0, overlap=True, label=None)
         super().__init__(param_groups, defaults)
         _check_world(rank, world_size)
@@ -971,7 +1003,6 @@ class DistAdam(torch.optim.Optimizer):
             if "lr" not in group:
                 raise ValueError(f"DistAdam {group['label'] or f'group {i}'}: param group must set lr")
         self.rank, self.world_size = rank, world_size
-        self.update = torch.compile(adam_update_, dynamic=True) if compiled else adam_update_
         self.grad_sync_enabled = True  # the loop turns it off on all but the last micro-step of accumulation
         self._grads_in_flight = {}  # param -> (gradient shard, pending work, the buffer it reads)
         for group in self.param_groups:
@@ -1006,7 +1037,7 @@ class DistAdam(torch.optim.Optimizer):
         state = self.state[p]
         if "exp_avg" not in state:
             state.update(exp_avg=torch.zeros_like(weights), exp_avg_sq=torch.zeros_like(weights))
-        self.update(weights, grad.float(), state["exp_avg"], state["exp_avg_sq"], hyper)
+        adam_update_(weights, grad.float(), state["exp_avg"], state["exp_avg_sq"], hyper)
         weights = weights.to(p.dtype)
         if self.world_size == 1:
             return weights, None
@@ -2188,8 +2219,7 @@ def build_optimizers(model: GPT, hp: Hyperparameters, rank: int, world_size: int
     assert len(grouped) == len(set(grouped)) == len(list(model.parameters())), "each parameter in one group"
     return [NorMuon(muon_groups, lr=hp.muon_lr, momentum=hp.muon_momentum, beta2=hp.muon_beta2,
                     weight_decay=hp.muon_weight_decay, rank=rank, world_size=world_size),
-            DistAdam(adam_groups, eps=1e-10, rank=rank, world_size=world_size,
-                     compiled=hp.compile and on_gpu(model.lm_head))]
+            DistAdam(adam_groups, eps=1e-10, rank=rank, world_size=world_size)]
 
 
 def set_grad_sync(optimizers, stepping, enabled: bool) -> None:

@@ -186,15 +186,6 @@ def test_the_smear_gate_is_trained_by_adam_with_its_own_lr_and_the_scalars_take_
     assert not model.smear_lambda.any()  # off at init: the model starts as without smear
 
 
-def test_adam_updates_are_compiled_on_a_gpu_with_compile_on(monkeypatch):
-    model, hp = tg.GPT(tg.parse_args(["--preset=tiny"])), tg.parse_args(["--preset=tiny"])
-    assert tg.build_optimizers(model, hp, rank=0, world_size=1)[1].update is tg.adam_update_  # CPU: eager
-    monkeypatch.setattr(tg, "on_gpu", lambda _: True)
-    assert tg.build_optimizers(model, hp, rank=0, world_size=1)[1].update is not tg.adam_update_
-    off = tg.parse_args(["--preset=tiny", "--compile=false"])
-    assert tg.build_optimizers(model, off, rank=0, world_size=1)[1].update is tg.adam_update_
-
-
 def test_value_embed_gates_are_trained_by_adam_with_upstreams_betas_and_the_embeddings_by_the_value_embeds_group():
     """Upstream trains its value-embedding gates with Adam at the head's lr 0.008, betas (0.9, 0.99) and its default
     decay multiplier 1; each untied embedding joins the value_embeds group, each block's a the scalars."""
