@@ -1252,6 +1252,21 @@ def bigram_hash(inputs: torch.Tensor, buckets: int) -> torch.Tensor:
     return torch.cat([x.new_full((1,), buckets - 1), pairs])
 
 
+def bigram_sign_index(inputs: torch.Tensor, rows: int) -> torch.Tensor:
+    """inputs: (T,) int32 tokens -> (T,) int64 row of the sign table for each (previous, current) pair: a second,
+    plain hash, (previous XOR current) mod rows, independent of bigram_hash's; position 0 gets row 0."""
+    x = inputs.to(torch.int64)
+    return torch.cat([x.new_zeros(1), torch.bitwise_xor(x[1:], x[:-1]) % rows])
+
+
+def bigram_sign_table(rows: int, dim: int) -> torch.Tensor:
+    """(rows, dim) bf16 of ±1, the same on every rank and for every --seed (its own generator, seeded 0): pairs that
+    share a bigram row mostly differ in signs, so a shared row's update for one pair is noise, not a bias, for the
+    other (the public speedrun's sign trick, its PR #299, after the bigram record)."""
+    signs = torch.randint(0, 2, (rows, dim), generator=torch.Generator().manual_seed(0), device="cpu")
+    return (2 * signs - 1).to(torch.bfloat16)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, head_dim: int, gate_dim: int, rotary: Rotary, scale: float,
                  value_gate: bool = False, xsa: bool = False, key_offset: bool = False):
@@ -1388,6 +1403,14 @@ class GPT(nn.Module):
         if self.bigram_embed is not None:  # starts silent: zero rows, each block's input gets 0.1 of them
             self.bigram_embed.weight.data.zero_()
             self.bigram_lambdas = nn.Parameter(torch.full((L,), 0.1))
+        if hp.bigram_signs:  # a constant of --bigram_signs and D: rebuilt, not saved
+            self.register_buffer("bigram_signs", bigram_sign_table(hp.bigram_signs, D).to(self.embed.weight.device),
+                                 persistent=False)
+        else:
+            self.bigram_signs = None
+        self.backout_layer = hp.backout_layer  # the head reads x - λ·(this block's output); λ from 0.5
+        if self.backout_layer >= 0:
+            self.backout_lambda = nn.Parameter(torch.full((1,), 0.5))
         self.lm_head = nn.Parameter(self.embed.weight.data.T.contiguous())  # (D, V)
         self.tied = True
         self.fp8_head, self.micro_steps = hp.fp8_head, micro_steps
@@ -1406,6 +1429,8 @@ class GPT(nn.Module):
         ves = [ve(inputs).bfloat16()[None] for ve in self.value_embeds]
         if self.bigram_embed is not None:
             bigrams = self.bigram_embed(bigram_hash(inputs, self.bigram_embed.num_embeddings)).bfloat16()[None]
+            if self.bigram_signs is not None:
+                bigrams = bigrams * self.bigram_signs[bigram_sign_index(inputs, self.bigram_signs.size(0))]
         outputs = {}  # src -> its output
         for i, block in enumerate(self.blocks):
             for k, (src, dst) in enumerate(self.skip_pairs):
@@ -1417,6 +1442,10 @@ class GPT(nn.Module):
             x = block(x, x0, ves[j] if j is not None else None, masks[self.window_pattern[i]])
             if any(src == i for src, _ in self.skip_pairs):
                 outputs[i] = x
+            if i == self.backout_layer:
+                backout = x
+        if self.backout_layer >= 0:  # upstream's backout: take back part of what the early blocks wrote
+            x = x - self.backout_lambda.type_as(x) * backout
         x = norm(x[0])  # (T, D)
         if self.fp8_head and torch.is_grad_enabled():  # under no_grad, validation, the bf16 head: exact logits
             grad_scale = FP8_HEAD_GRAD_SCALE / (x.size(0) * self.micro_steps)
@@ -1696,6 +1725,8 @@ class Hyperparameters:
     embed_std: float = 0.005  # init std of the token embedding (and the tied LM head)
     value_embed_std: float = 0.01  # init std of the value embeddings
     bigram_buckets: int = 377_280  # rows of a hashed token-pair embedding added to each block's input (0: none)
+    bigram_signs: int = 0  # rows of a fixed ±1 table: each pair's bigram row times the row (prev XOR cur) mod N
+    backout_layer: int = -1  # the head reads the last block's output minus λ times this block's (-1: none)
     smear: bool = True  # each token's embedding takes a gated share of the previous token's
     window_pattern: str = "SSSLSSSSSSL"  # per block: S short or L long sliding window
     window_blocks: str = "1:3,3:7,5:11"  # short:long sliding windows per equal stage of training, in 128-token blocks
@@ -1792,6 +1823,10 @@ class Hyperparameters:
                 "must be distinct indices of blocks with attention (see --no_attention_layers), comma-separated")
         require(self.bigram_buckets == 0 or self.bigram_buckets >= 2, "bigram_buckets",
                 "must be 0 (none) or at least 2 (one row is reserved for the first position)")
+        require(self.bigram_signs >= 0 and (self.bigram_signs == 0 or self.bigram_buckets > 0), "bigram_signs",
+                "must be 0 (none) or a positive row count, and needs --bigram_buckets")
+        require(-1 <= self.backout_layer < self.num_layers - 1, "backout_layer",
+                f"must be -1 (none) or a block before the last, 0 to {self.num_layers - 2}")
         require(len(self.window_pattern) == self.num_layers and set(self.window_pattern) <= {"S", "L"},
                 "window_pattern", "needs one letter S or L per layer")
         require(re.fullmatch(r"[0-9]+(,[0-9]+)*", self.seq_lens) is not None, "seq_lens",
@@ -2195,6 +2230,8 @@ def build_optimizers(model: GPT, hp: Hyperparameters, rank: int, world_size: int
         scalars.append(model.bigram_lambdas)
     if model.smear:
         scalars.append(model.smear_lambda)
+    if model.backout_layer >= 0:
+        scalars.append(model.backout_lambda)
     # The embedding and the LM head communicate in step(), not from hooks: while tied, their gradients are
     # combined after backward (GPT.tie_gradients).
     adam_groups = [dict(params=[model.lm_head], lr=hp.adam_head_lr, overlap=False, label="lm_head"),

@@ -246,6 +246,29 @@ def python_bigram_rows(inputs: torch.Tensor, buckets: int) -> list[int]:
     return [buckets - 1] + [((36313 * x[t]) ^ (27191 * x[t - 1])) % (buckets - 1) for t in range(1, len(x))]
 
 
+def python_sign_rows(inputs: torch.Tensor, rows: int) -> list[int]:
+    """The sign table's row in plain Python integers: (previous ^ t) mod rows, row 0 for the first position."""
+    x = inputs.tolist()
+    return [0] + [(x[t] ^ x[t - 1]) % rows for t in range(1, len(x))]
+
+
+def test_bigram_sign_index_matches_the_formula_in_python_integers():
+    tokens = torch.tensor([50256, 17, 50303, 0, 42, 42, 9000], dtype=torch.int32)
+    assert tg.bigram_sign_index(tokens, 8192).tolist() == python_sign_rows(tokens, 8192)
+    assert tg.bigram_sign_index(tokens, 5).tolist() == python_sign_rows(tokens, 5)
+
+
+def test_the_bigram_sign_table_is_balanced_signs_the_same_for_every_seed():
+    """±1 in bf16, about half of each, and the same table whatever the run's seed (every rank builds its own)."""
+    torch.manual_seed(1)
+    a = tg.bigram_sign_table(512, 64)
+    torch.manual_seed(2)
+    b = tg.bigram_sign_table(512, 64)
+    assert a.dtype == torch.bfloat16 and a.shape == (512, 64) and torch.equal(a, b)
+    assert set(a.unique().tolist()) == {-1.0, 1.0} and abs(a.float().mean().item()) < 0.02
+    assert not torch.equal(a[0], a[1])  # rows differ: a pair's signs are its own
+
+
 def test_bigram_hash_matches_the_formula_in_python_integers():
     tokens = torch.tensor([50256, 17, 50303, 0, 42, 42, 9000], dtype=torch.int32)
     assert tg.bigram_hash(tokens, 377_280).tolist() == python_bigram_rows(tokens, 377_280)
@@ -259,7 +282,7 @@ def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], fre
                        logit_cap: str, mtp_weights: list[float] | None = None, value_embed_layers: str = "",
                        value_embed_gates: bool = False, skips: list[tuple[int, int]] | None = None,
                        no_attention: tuple[int, ...] = (), xsa_layers: tuple[int, ...] = (),
-                       key_offset: bool = False) -> torch.Tensor:
+                       key_offset: bool = False, backout_layer: int = -1) -> torch.Tensor:
     """The whole GPT written out in fp64, each wire spelled out: x0 = norm(embedding); block i first mixes
     a_i·x + b_i·x0; value embedding j feeds blocks j and L - num_ve + j, or, untied, the j-th block listed in
     value_embed_layers; with value_embed_gates each of those blocks weighs it by its own gate on the block's
@@ -268,7 +291,8 @@ def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], fre
     skip attention; blocks in xsa_layers take out of each head's output its part along the token's own value, a
     share tanh(xsa_alpha[h]); a third residual_mix entry c scales x by c before the MLP; every attention rotates
     by freqs and scales its scores by attn_scale · scale_gain; with key_offset, the attention of each L block
-    offsets its keys; the head reads norm(x); logits are softcapped. With mtp_weights, position t also predicts the
+    offsets its keys; with bigram_signs each bigram row is multiplied elementwise by its pair's row of the sign
+    table; the head reads norm(x), or norm(x - λ·(output of block backout_layer)); logits are softcapped. With mtp_weights, position t also predicts the
     token k + 1 ahead, weight w_k, where the sequence still has one."""
     inputs, targets = tokens[:-1], tokens[1:]
     p = {name: t.detach().double() for name, t in model.named_parameters()}
@@ -294,7 +318,11 @@ def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], fre
         ve = p[f"value_embeds.{j}.weight"][inputs] if j is not None else None
         value_gate = p[f"blocks.{i}.attn.value_gate"] if value_embed_gates and j is not None else None
         if model.bigram_embed is not None:
-            x = x + p["bigram_lambdas"][i] * p["bigram_embed.weight"][python_bigram_rows(inputs, model.bigram_embed.num_embeddings)]
+            bigram = p["bigram_embed.weight"][python_bigram_rows(inputs, model.bigram_embed.num_embeddings)]
+            if model.bigram_signs is not None:
+                signs = model.bigram_signs.double()
+                bigram = bigram * signs[python_sign_rows(inputs, len(signs))]
+            x = x + p["bigram_lambdas"][i] * bigram
         a, b, *c = p[f"blocks.{i}.residual_mix"]  # c: the MLP's residual λ, with --sublayer_residual
         x = a * x + b * x0
         if i not in no_attention:
@@ -305,6 +333,8 @@ def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], fre
         x = c[0] * x if c else x
         x = x + torch.relu(rms_norm(x) @ p[f"blocks.{i}.mlp.fc"].T).square() @ p[f"blocks.{i}.mlp.proj"].T
         outputs.append(x)
+    if backout_layer >= 0:
+        x = x - p["backout_lambda"] * outputs[backout_layer]
     logits = CAPPED[logit_cap](rms_norm(x) @ p["lm_head"])
     if mtp_weights is None:
         return F.cross_entropy(logits, targets)
@@ -317,12 +347,16 @@ def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], fre
 # odd depth with skips that share a source and a target (the order of the gates shows) around a block without
 # attention, then with XSA on some of the attending blocks
 LAYOUTS = {"unet": (4, "SLSL", "unet", "", False, ""), "skips": (5, "SLSLS", "0:2,1:4,0:4", "2", True, ""),
-           "xsa": (5, "SLSLS", "0:2,1:4,0:4", "2", True, "0,3,4")}
+           "xsa": (5, "SLSLS", "0:2,1:4,0:4", "2", True, "0,3,4"),
+           "backout_signs": (5, "SLSLS", "0:2,1:4,0:4", "2", True, "")}
+# layouts that also turn on the backout (from block 2, the one without attention) and a 7-row bigram sign table
+BACKOUT_SIGNS = {"backout_signs": dict(backout_layer=2, bigram_signs=7)}
 
 
 @pytest.mark.parametrize("logit_cap, bigram_buckets, smear, rope, value_embed_layers, value_embed_gates, layout, "
                          "key_offset", [
     ("tanh:15", 0, False, "plain", "", False, "unet", False),
+    ("tanh:15", 97, False, "plain", "", False, "backout_signs", False),
     ("sigmoid:23,5,7.5", 0, False, "plain", "", False, "unet", False),
     ("tanh:15", 97, False, "plain", "", False, "unet", False),
     ("tanh:15", 0, True, "plain", "", False, "unet", False),
@@ -346,7 +380,8 @@ def test_gpt_forward_matches_the_model_written_out(monkeypatch, logit_cap, bigra
                            logit_cap=logit_cap, bigram_buckets=bigram_buckets, smear=smear, rope=rope,
                            window_blocks="1:1,1:2", val_window_blocks="1:3", value_embed_layers=value_embed_layers,
                            value_embed_gates=value_embed_gates, skips=skips, no_attention_layers=no_attention,
-                           sublayer_residual=sublayer_residual, xsa_layers=xsa_layers, key_offset=key_offset)
+                           sublayer_residual=sublayer_residual, xsa_layers=xsa_layers, key_offset=key_offset,
+                           **BACKOUT_SIGNS.get(layout, {}))
     tg.set_yarn(model, hp.num_iterations, hp)
     if rope == "plain":
         freqs, scale_gain = plain_frequencies(hp.head_dim, hp.rope_base), 1.0
@@ -370,7 +405,8 @@ def test_gpt_forward_matches_the_model_written_out(monkeypatch, logit_cap, bigra
                                    value_embed_layers, value_embed_gates,
                                    None if skips == "unet" else [tuple(map(int, s.split(":"))) for s in skips.split(",")],
                                    tuple(int(i) for i in no_attention.split(",") if i),
-                                   tuple(int(i) for i in xsa_layers.split(",") if i), key_offset)
+                                   tuple(int(i) for i in xsa_layers.split(",") if i), key_offset,
+                                   BACKOUT_SIGNS.get(layout, {}).get("backout_layer", -1))
     # fp32 agrees to ~1e-7; the bound is tight enough that YaRN's stretch of the frequencies (4e-6 here) shows
     assert abs(loss.item() - reference.item()) < 1e-6 * reference.item(), (loss.item(), reference.item())
 
@@ -558,7 +594,12 @@ def test_parse_args_overrides_and_rejects_bad_flags():
                          (["num_iterations=3"], "expected --name=value"), (["--preset=huge"], "--preset=huge"),
                          (["--num_layers=3", "--window_pattern=SSL", "--skips=unet", "--no_attention_layers=",
                            "--value_embed_layers="], "--num_layers=3"),
-                         (["--num_heads=9", "--head_dim=9", "--model_dim=81"], "--model_dim=81: must be a multiple of 8")]:
+                         (["--num_heads=9", "--head_dim=9", "--model_dim=81"], "--model_dim=81: must be a multiple of 8"),
+                         (["--backout_layer=10"], "--backout_layer=10: must be -1 (none) or a block before the last, 0 to 9"),
+                         (["--backout_layer=-2"], "--backout_layer=-2"),
+                         (["--bigram_buckets=0", "--bigram_signs=8192"], "--bigram_signs=8192: must be 0 (none) or a "
+                                                                          "positive row count, and needs --bigram_buckets"),
+                         (["--bigram_signs=-1"], "--bigram_signs=-1")]:
         try:
             tg.parse_args(argv)
         except ValueError as e:

@@ -175,6 +175,15 @@ def test_the_bigram_embedding_is_trained_by_adam_with_its_own_lr_and_the_scalars
     assert model.bigram_embed.weight.shape == (101, hp.model_dim) and not model.bigram_embed.weight.any()
 
 
+def test_the_backout_lambda_starts_at_one_half_among_the_scalars():
+    hp = tg.parse_args(["--preset=tiny", "--backout_layer=0"])
+    model = tg.GPT(hp)
+    _, adam = tg.build_optimizers(model, hp, rank=0, world_size=1)
+    scalars = {g["label"]: g for g in adam.param_groups}["scalars"]["params"]
+    assert any(p is model.backout_lambda for p in scalars) and model.backout_lambda.tolist() == [0.5]
+    assert not hasattr(tg.GPT(tg.parse_args(["--preset=tiny"])), "backout_lambda")  # off by default
+
+
 def test_the_smear_gate_is_trained_by_adam_with_its_own_lr_and_the_scalars_take_its_lambda():
     hp = tg.parse_args(["--preset=tiny", "--smear=true", "--adam_smear_gate_lr=0.002"])
     model = tg.GPT(hp)
