@@ -861,6 +861,8 @@ class NorMuon(torch.optim.Optimizer):
     """Nesterov momentum, Polar Express orthogonalization and NorMuon's neuron-wise second-moment
     normalization, for matrices. A param group holds params of one shape (..., m, n) (leading dims stack
     matrices orthogonalized separately) and sets `neuron_axis` (-1 or -2) and `lr_mul` (see MATRIX_PARAMS).
+    An optional `row_blocks`, one entry per matrix of a param (b > 0: orthogonalize each block of b rows apart;
+    0: the whole matrix), gives e.g. Q and K one orthogonalization per pair of heads, V and O one each.
     Its M matrices, zero-padded to a multiple of world_size, are split in contiguous shares: rank r owns
     matrices [r·k, (r+1)·k), k = ceil(M / world_size), and holds only their momentum and second moment.
     Communication: step() launches every group's gradient reduce-scatter, then processes the groups in order
@@ -884,6 +886,11 @@ class NorMuon(torch.optim.Optimizer):
             shapes = {tuple(p.shape) for p in group["params"]}
             if len(shapes) != 1 or len(next(iter(shapes))) < 2:
                 raise ValueError(f"NorMuon {name}: params must share one shape (..., m, n), got {shapes}")
+            *stack, m, _ = next(iter(shapes))
+            blocks = group.setdefault("row_blocks", ())
+            if blocks and (len(blocks) != math.prod(stack) or any(b < 0 or (b and m % b) for b in blocks)):
+                raise ValueError(f"NorMuon {name}: row_blocks={blocks} needs one entry per matrix of a param "
+                                 f"({math.prod(stack)}), each 0 or a divisor of its {m} rows")
 
     def _layout(self, group) -> tuple:
         """(M, k, m, n): the group's matrix count, matrices per rank, and matrix shape."""
@@ -905,6 +912,22 @@ class NorMuon(torch.optim.Optimizer):
             return grads, None, None
         share = grads.new_empty(grads.size(0) // self.world_size, *grads.shape[1:])
         return share, dist.reduce_scatter_tensor(share, grads, op=dist.ReduceOp.SUM, async_op=True), grads
+
+    def _orthogonalize(self, u: torch.Tensor, group) -> torch.Tensor:
+        """u: this rank's (k, m, n) share -> fp32 polar_express of each matrix, or of each block of b rows apart
+        where row_blocks gives b for the matrix's place in its param (global index mod matrices per param)."""
+        blocks = group["row_blocks"]
+        if not blocks:
+            return polar_express(u).float()
+        _, k, m, n = self._layout(group)
+        places = [(self.rank * k + i) % len(blocks) for i in range(k)]
+        out = torch.empty_like(u, dtype=torch.float32)
+        for b in set(blocks):
+            index = [i for i, place in enumerate(places) if blocks[place] == b]
+            if index:
+                chosen = u[index].reshape(-1, b, n) if b else u[index]
+                out[index] = polar_express(chosen).float().reshape(len(index), m, n)
+        return out
 
     def _normalize_neurons(self, u: torch.Tensor, group) -> torch.Tensor:
         """u: (k, m, n) orthogonalized -> divided by each neuron's RMS (running, along neuron_axis), then
@@ -930,7 +953,7 @@ class NorMuon(torch.optim.Optimizer):
             state["second_moment"] = grad.new_zeros(v_shape, dtype=torch.float32)
         state["momentum_buffer"].lerp_(grad, 1 - group["momentum"])
         u = grad.lerp_(state["momentum_buffer"], group["momentum"])  # Nesterov
-        u = self._normalize_neurons(polar_express(u).float(), group)
+        u = self._normalize_neurons(self._orthogonalize(u, group), group)
 
         stacked = _stack_matrices(group["params"], self.world_size)
         p = stacked[self.rank * k:(self.rank + 1) * k]
@@ -1741,6 +1764,7 @@ class Hyperparameters:
     momentum_cooldown_frac: float = 50 / 1285  # value over this last fraction
     muon_beta2: float = 0.9  # NorMuon's second-moment decay
     muon_weight_decay: float = 1.2  # cautious weight decay of the matrices, times lr·(lr·lr_mul)
+    muon_qk_head_pairs: bool = False  # orthogonalize Q and K per pair of heads (2·head_dim rows), V and O whole
     adam_embed_lr: float = 0.008  # Adam lr of the token embedding
     adam_head_lr: float = 0.008  # Adam lr of the LM head
     adam_value_embed_lr: float = 0.6  # Adam lr of the value embeddings
@@ -1825,6 +1849,8 @@ class Hyperparameters:
                 "must be 0 (none) or at least 2 (one row is reserved for the first position)")
         require(self.bigram_signs >= 0 and (self.bigram_signs == 0 or self.bigram_buckets > 0), "bigram_signs",
                 "must be 0 (none) or a positive row count, and needs --bigram_buckets")
+        require(not self.muon_qk_head_pairs or self.num_heads % 2 == 0, "muon_qk_head_pairs",
+                f"needs an even --num_heads, got {self.num_heads} (add --muon_qk_head_pairs=false)")
         require(-1 <= self.backout_layer < self.num_layers - 1, "backout_layer",
                 f"must be -1 (none) or a block before the last, 0 to {self.num_layers - 2}")
         require(len(self.window_pattern) == self.num_layers and set(self.window_pattern) <= {"S", "L"},
@@ -2225,6 +2251,8 @@ def build_optimizers(model: GPT, hp: Hyperparameters, rank: int, world_size: int
     muon_groups = [dict(params=[getattr_path(b, label) for b in (attended if label.startswith("attn.") else blocks)],
                         label=label, lr=hp.muon_lr, initial_lr=hp.muon_lr, neuron_axis=neuron_axis, lr_mul=lr_mul)
                    for label, (neuron_axis, lr_mul) in MATRIX_PARAMS.items()]
+    if hp.muon_qk_head_pairs:  # the bank is (4, D, D): Q, K, V, O, each stored (out, in), heads in row blocks
+        next(g for g in muon_groups if g["label"] == "attn.qkvo")["row_blocks"] = (2 * hp.head_dim,) * 2 + (0, 0)
     scalars = [model.skip_gates] + [b.residual_mix for b in blocks] + [b.attn.value_mix for b in attended]
     if model.bigram_embed is not None:
         scalars.append(model.bigram_lambdas)

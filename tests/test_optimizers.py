@@ -207,6 +207,26 @@ def test_distadam_uses_the_kernel_on_gpu_and_torch_on_cpu(monkeypatch):
     assert calls == ["torch", "triton"]
 
 
+def test_normuon_row_blocks_orthogonalize_each_block_of_rows_apart(monkeypatch):
+    """Q and K per pair of heads: with row_blocks (4, 4, 0, 0) on a (4, 8, 6) bank, matrices 0 and 1 move by the
+    polar factor of each of their 4-row blocks, matrices 2 and 3 by that of the whole matrix."""
+    monkeypatch.setattr(NorMuon, "_normalize_neurons", lambda self, u, group: u)
+    g = with_spectrum((4, 8, 6), 10.0, seed=6)
+    p, _ = one_matrix_step(torch.zeros(4, 8, 6), g, neuron_axis=-1, lr_mul=1.0, row_blocks=(4, 4, 0, 0))
+    u = 0.75 * g  # momentum 0.5 from zero: Nesterov u = 0.75·g
+    blockwise = polar_express(u[:2].reshape(4, 4, 6)).float().reshape(2, 8, 6)
+    torch.testing.assert_close(p, -0.1 * torch.cat([blockwise, polar_express(u[2:]).float()]))
+    assert (blockwise - polar_express(u[:2]).float()).abs().max() > 0.1  # the blocks are not the whole
+
+
+@pytest.mark.parametrize("blocks", [(4, 4, 0), (3, 0, 0, 0), (-4, 0, 0, 0)])
+def test_normuon_rejects_row_blocks_that_do_not_fit_the_param(blocks):
+    with pytest.raises(ValueError, match=r"qkvo: row_blocks=.* one entry per matrix of a param \(4\), each 0 or a "
+                                         r"divisor of its 8 rows"):
+        NorMuon([dict(params=[nn.Parameter(torch.zeros(4, 8, 6))], neuron_axis=-1, lr_mul=1.0, label="qkvo",
+                      row_blocks=blocks)], lr=0.1)
+
+
 def test_normuon_rejects_group_without_explicit_lr_mul():
     with pytest.raises(ValueError, match="lr_mul"):
         NorMuon([dict(params=[nn.Parameter(torch.zeros(4, 4))], neuron_axis=-1)], lr=0.1)
@@ -221,12 +241,13 @@ def test_distadam_rejects_group_without_its_lr():
 
 
 def make_model():
-    """NorMuon groups: 3 matrices in one stacked param (not a multiple of 2), two tall, three wide with
-    neuron_axis=-2. DistAdam: numels 15, 7, 1 (not multiples of 2), one group with overlap=False."""
+    """NorMuon groups: 3 matrices in one stacked param (not a multiple of 2; orthogonalized in row blocks of 4,
+    whole, in blocks of 2), two tall, three wide with neuron_axis=-2. DistAdam: numels 15, 7, 1 (not multiples of 2),
+    one group with overlap=False."""
     g = torch.Generator().manual_seed(0)
     new = lambda *shape: nn.Parameter(torch.randn(*shape, generator=g))
     muon_groups = [
-        dict(params=[new(3, 8, 8)], neuron_axis=-1, lr_mul=1.0, label="stack"),
+        dict(params=[new(3, 8, 8)], neuron_axis=-1, lr_mul=1.0, label="stack", row_blocks=(4, 0, 2)),
         dict(params=[new(16, 8), new(16, 8)], neuron_axis=-1, lr_mul=0.5, label="tall"),
         dict(params=[new(8, 16) for _ in range(3)], neuron_axis=-2, lr_mul=1.0, label="wide"),
     ]

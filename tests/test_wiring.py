@@ -175,6 +175,20 @@ def test_the_bigram_embedding_is_trained_by_adam_with_its_own_lr_and_the_scalars
     assert model.bigram_embed.weight.shape == (101, hp.model_dim) and not model.bigram_embed.weight.any()
 
 
+def test_muon_qk_head_pairs_gives_q_and_k_row_blocks_of_two_heads():
+    hp = tg.parse_args(["--preset=tiny", "--muon_qk_head_pairs=true"])
+    muon, _ = tg.build_optimizers(tg.GPT(hp), hp, rank=0, world_size=1)
+    blocks = {g["label"]: g["row_blocks"] for g in muon.param_groups}
+    assert blocks == {"attn.qkvo": (2 * hp.head_dim, 2 * hp.head_dim, 0, 0), "attn.gate": (), "mlp.fc": (),
+                      "mlp.proj": ()}
+    default = tg.parse_args(["--preset=tiny"])
+    muon, _ = tg.build_optimizers(tg.GPT(default), default, rank=0, world_size=1)
+    assert all(g["row_blocks"] == () for g in muon.param_groups)
+    with pytest.raises(ValueError, match=r"--muon_qk_head_pairs=True: needs an even --num_heads, got 3"):
+        tg.parse_args(["--preset=tiny", "--muon_qk_head_pairs=true", "--num_heads=3", "--head_dim=16",
+                       "--model_dim=48"])
+
+
 def test_the_backout_lambda_starts_at_one_half_among_the_scalars():
     hp = tg.parse_args(["--preset=tiny", "--backout_layer=0"])
     model = tg.GPT(hp)
