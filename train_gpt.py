@@ -1240,11 +1240,14 @@ def block_mask(docs: torch.Tensor, window: torch.Tensor, mask_mod, block: int = 
                                     BLOCK_SIZE=block, mask_mod=mask_mod)
 
 
-def attention_mask(inputs: torch.Tensor, window: torch.Tensor):
+def attention_mask(inputs: torch.Tensor, window: torch.Tensor, paired: bool = False):
     """inputs: (T,) tokens, documents start at BOS_ID. FlexAttention's BlockMask on CUDA, built inside the
-    compiled forward; on CPU, where flex has no backward, the dense (1, 1, T, T) mask of the same function."""
-    T = inputs.numel()
+    compiled forward; on CPU, where flex has no backward, the dense (1, 1, T, T) mask of the same function.
+    paired: the mask of paired-head attention's 2T positions, 2t and 2t + 1 both token t's (window in positions)."""
     docs = (inputs == BOS_ID).cumsum(0)
+    if paired:
+        docs = docs.repeat_interleave(2)
+    T = docs.numel()
     mask_mod = document_causal_window(docs, window)
     if on_gpu(inputs):
         return block_mask(docs, window, mask_mod)
@@ -1291,12 +1294,17 @@ def bigram_sign_table(rows: int, dim: int) -> torch.Tensor:
 
 
 class CausalSelfAttention(nn.Module):
+    """Multi-head attention with QK-norm, rotary positions, per-head output gates and value embeddings. paired:
+    head h of token t attends as position 2t + h // (H/2) of a sequence twice as long, in slot h mod (H/2), so the
+    two heads of a slot see each other's keys and values (upstream's paired-head attention, its record of
+    2026-01-07); the caller passes that sequence's mask (attention_mask(..., paired=True))."""
+
     def __init__(self, dim: int, num_heads: int, head_dim: int, gate_dim: int, rotary: Rotary, scale: float,
-                 value_gate: bool = False, xsa: bool = False, key_offset: bool = False):
+                 value_gate: bool = False, xsa: bool = False, key_offset: bool = False, paired: bool = False):
         super().__init__()
         assert num_heads * head_dim == dim, "q, k, v and the output projection share one (4, dim, dim) bank"
         self.num_heads, self.head_dim, self.gate_dim, self.scale = num_heads, head_dim, gate_dim, scale
-        self.rotary, self.key_offset = rotary, key_offset
+        self.rotary, self.key_offset, self.paired = rotary, key_offset, paired
         bound = 3**0.5 * 0.5 * dim**-0.5
         qkvo = torch.empty(4, dim, dim).uniform_(-bound, bound)
         qkvo[3].zero_()  # output projection starts at zero: each block begins as the identity
@@ -1315,14 +1323,19 @@ class CausalSelfAttention(nn.Module):
         H, Dh = self.num_heads, self.head_dim
         w = self.qkvo.type_as(x)
         qk, v = F.linear(x, w[:3].flatten(0, 1)).view(B, T, 3 * H, Dh).split(2 * H, dim=-2)
-        q, k = self.rotary(norm(qk)).chunk(2, dim=-2)  # q and k as one tensor: one reduction loop, not two
+        qk = norm(qk)
+        if self.paired:  # (B, T, [q heads, k heads], Dh) -> (B, 2T, [q slots, k slots], Dh): row 2t + h // (H/2)
+            qk = qk.view(B, T, 2, 2, H // 2, Dh).transpose(2, 3).reshape(B, 2 * T, H, Dh)
+        q, k = self.rotary(qk).chunk(2, dim=-2)  # q and k as one tensor: one reduction loop, not two
         if self.key_offset:
             k = partial_key_offset(k)
         if self.rotary.attn_scale_gain is not None:  # attend's scale stays a constant: flex compiles it in
             q = q * self.rotary.attn_scale_gain
         if value_embed is not None:
             v = self.value_mix[0] * v + self.value_embed_weight(x) * value_embed.view_as(v)
-        y = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, self.scale).transpose(1, 2)
+        va = v.reshape(B, 2 * T, H // 2, Dh) if self.paired else v  # the same rows as q and k: heads are contiguous
+        y = attend(q.transpose(1, 2), k.transpose(1, 2), va.transpose(1, 2), mask, self.scale).transpose(1, 2)
+        y = y.reshape(B, T, H, Dh)
         if self.xsa_alpha is not None:
             y = self.exclude_self(y, v)
         gate = torch.sigmoid(F.linear(x[..., : self.gate_dim], self.gate.type_as(x)))  # (B, T, H)
@@ -1358,10 +1371,10 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, dim: int, num_heads: int, head_dim: int, mlp_hidden: int, gate_dim: int, rotary, scale,
                  fused_mlp: bool, value_gate: bool = False, attention: bool = True, sublayer_residual: bool = False,
-                 xsa: bool = False, key_offset: bool = False):
+                 xsa: bool = False, key_offset: bool = False, paired: bool = False):
         super().__init__()
         self.attn = (CausalSelfAttention(dim, num_heads, head_dim, gate_dim, rotary, scale, value_gate, xsa,
-                                         key_offset) if attention else None)
+                                         key_offset, paired) if attention else None)
         self.mlp = MLP(dim, mlp_hidden, fused_mlp)
         # x = a·x + b·x0 (x0: the token embedding); with sublayer_residual also x = c·x before the MLP, a and c at
         # √1.1 so a block scales the stream by 1.1, as upstream's per-sublayer residual lambdas (2026 train_gpt.py)
@@ -1408,13 +1421,16 @@ class GPT(nn.Module):
         self.value_embeds = nn.ModuleList(nn.Embedding(V, D) for _ in range(num_ve))
         for ve in self.value_embeds:
             ve.weight.data.normal_(0.0, hp.value_embed_std)
-        self.rotary = Rotary(rotary_frequencies(hp.head_dim, hp.rope_base, hp.rope), hp.max_seq_len,
+        self.paired_layers = hp.paired_head_layer_list  # their attention runs over 2T positions
+        self.rotary = Rotary(rotary_frequencies(hp.head_dim, hp.rope_base, hp.rope),
+                             hp.max_seq_len * (2 if self.paired_layers else 1),
                              yarn=hp.rope == "half_yarn")
         self.blocks = nn.ModuleList(
             Block(D, hp.num_heads, hp.head_dim, hp.mlp_mult * D, hp.attn_gate_dim, self.rotary, hp.attn_scale,
                   hp.fused_mlp, value_gate=hp.value_embed_gates and j is not None,
                   attention=i not in hp.no_attention_layer_list, sublayer_residual=hp.sublayer_residual,
-                  xsa=i in hp.xsa_layer_list, key_offset=hp.key_offset and hp.window_pattern[i] == "L")
+                  xsa=i in hp.xsa_layer_list, key_offset=hp.key_offset and hp.window_pattern[i] == "L",
+                  paired=i in self.paired_layers)
             for i, j in enumerate(self.value_embed_of_block))
         self.skip_pairs = hp.skip_pairs  # (src, dst): gate k adds σ(skip_gates[k])·(src's output) to dst's input
         self.skip_gates = nn.Parameter(torch.full((len(self.skip_pairs),), hp.skip_gate_init))
@@ -1443,7 +1459,8 @@ class GPT(nn.Module):
         """inputs: (T,) int32, targets: (T,) int64, windows: kind ('S'/'L') -> window_tensor, mtp_weights: (K,) fp32
         or None. Returns the mean next-token loss, or with mtp_weights the mean over t of Σ_k w_k·CE(logits_t,
         targets[t + k]): multi-token prediction from the one head."""
-        masks = {kind: attention_mask(inputs, window) for kind, window in windows.items()}
+        kinds = {(kind, i in self.paired_layers) for i, kind in enumerate(self.window_pattern)}
+        masks = {(kind, paired): attention_mask(inputs, windows[kind], paired) for kind, paired in kinds}
         e = self.embed(inputs).bfloat16()  # (T, D)
         if self.smear:  # each token's embedding takes a gated share of the previous token's
             gate = torch.sigmoid(F.linear(e[1:, :self.smear_gate.size(1)], self.smear_gate.type_as(e)))  # (T-1, 1)
@@ -1462,7 +1479,8 @@ class GPT(nn.Module):
             if self.bigram_embed is not None:
                 x = x + self.bigram_lambdas[i] * bigrams
             j = self.value_embed_of_block[i]
-            x = block(x, x0, ves[j] if j is not None else None, masks[self.window_pattern[i]])
+            mask = masks[self.window_pattern[i], i in self.paired_layers]
+            x = block(x, x0, ves[j] if j is not None else None, mask)
             if any(src == i for src, _ in self.skip_pairs):
                 outputs[i] = x
             if i == self.backout_layer:
@@ -1740,6 +1758,7 @@ class Hyperparameters:
     # Upstream's record of 2026-05-07 puts XSA on its layers 1, 3, 4, 7, 8, 10, all but its paired-head ones (0, 2, 5,
     # 9; we have none); our blocks number as its layers, 6 without attention. With the key offset, -0.13 on the proxy
     xsa_layers: str = "1,3,4,7,8,10"  # blocks whose attention drops tanh(α_h) of its output along the token's own value
+    paired_head_layers: str = ""  # blocks whose heads h and h + H/2 attend as one sequence of 2T (upstream: 0,2,5,9)
     attn_scale: float = 0.1  # QK-norm bounds q·k by head_dim, so the usual 1/sqrt(head_dim) is too soft (plain: 0.12)
     rope: str = "half_yarn"  # plain: rope_base^(-i/(head_dim/2)) on every pair; half_yarn: half the pairs still, YaRN
     rope_base: float = 10000.0  # rotary embedding base (--rope=plain)
@@ -1845,6 +1864,18 @@ class Hyperparameters:
                 and all(i < self.num_layers and i not in self.no_attention_layer_list for i in self.xsa_layer_list)
                 and len(set(self.xsa_layer_list)) == len(self.xsa_layer_list), "xsa_layers",
                 "must be distinct indices of blocks with attention (see --no_attention_layers), comma-separated")
+        require(re.fullmatch(r"([0-9]+(,[0-9]+)*)?", self.paired_head_layers) is not None
+                and all(i < self.num_layers and i not in self.no_attention_layer_list
+                        for i in self.paired_head_layer_list)
+                and len(set(self.paired_head_layer_list)) == len(self.paired_head_layer_list), "paired_head_layers",
+                "must be distinct indices of blocks with attention (see --no_attention_layers), comma-separated")
+        require(not self.paired_head_layers or self.num_heads % 2 == 0, "paired_head_layers",
+                f"needs an even --num_heads, got {self.num_heads}")
+        require(not self.paired_head_layers or not set(self.paired_head_layer_list) & set(self.xsa_layer_list),
+                "paired_head_layers", "and --xsa_layers must not share a block (upstream pairs none of its XSA blocks)")
+        require(not self.key_offset or all(self.window_pattern[i] == "S" for i in self.paired_head_layer_list),
+                "paired_head_layers", "must be S blocks of --window_pattern while --key_offset offsets the L blocks' "
+                "keys by one token, which paired heads' 2T positions do not have")
         require(self.bigram_buckets == 0 or self.bigram_buckets >= 2, "bigram_buckets",
                 "must be 0 (none) or at least 2 (one row is reserved for the first position)")
         require(self.bigram_signs >= 0 and (self.bigram_signs == 0 or self.bigram_buckets > 0), "bigram_signs",
@@ -1904,6 +1935,10 @@ class Hyperparameters:
     @property
     def lr_stage_mul_list(self) -> list[float]:
         return [float(m) for m in self.lr_stage_muls.split(",")]
+
+    @property
+    def paired_head_layer_list(self) -> list[int]:
+        return int_list(self.paired_head_layers)
 
     @property
     def value_embed_layer_list(self) -> list[int]:

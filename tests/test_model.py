@@ -207,18 +207,30 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
 def attention_reference(attn, x: torch.Tensor, ve: torch.Tensor | None, tokens: torch.Tensor, window: int,
                         freqs: torch.Tensor, scale_gain: float = 1.0,
                         value_gate: torch.Tensor | None = None, xsa_alpha: torch.Tensor | None = None,
-                        key_offset: bool = False) -> torch.Tensor:
+                        key_offset: bool = False, paired: bool = False) -> torch.Tensor:
     """x, ve: (T, D) fp64 -> the attention module's output (T, D) in fp64: heads one by one in einsum, the
     rotation as complex numbers by freqs, scores scaled by attn.scale · scale_gain, the mask from loops. With
     value_gate (H, k), head h's value takes 2σ(value_gate[h]·x[:k]) of the value embedding instead of the mix's b.
     With xsa_alpha (H,), exclusive self attention: head h's output o at token t becomes o - tanh(α_h)·(o·v)/(v·v)·v,
     v that token's own value in head h. With key_offset, key t > 0 takes key t - 1's entries on both dims of every
-    pair whose frequency is 0."""
+    pair whose frequency is 0. Paired: head h of token t is position 2t + h // (H/2) of slot h mod (H/2), rotated
+    there, and sees the positions of its slot not after it, fewer than `window` back, of its token's document."""
     T, D = x.shape
     H, Dh = attn.num_heads, attn.head_dim
     W = attn.qkvo.detach().double()
     q, k, v = ((x @ W[i].T).view(T, H, Dh) for i in range(3))
-    q, k = (rotate_as_complex(rms_norm(t), freqs) for t in (q, k))
+    place = [(2 * t + h // (H // 2), h % (H // 2)) for t in range(T) for h in range(H)]  # (t, h) -> (position, slot)
+
+    def spread(z):  # (T, H, Dh) -> (2T, H/2, Dh), each head at its place
+        out = z.new_zeros(2 * T, H // 2, Dh)
+        for (position, slot), row in zip(place, z.reshape(T * H, Dh)):
+            out[position, slot] = row
+        return out
+
+    q, k = rms_norm(q), rms_norm(k)
+    if paired:
+        q, k = spread(q), spread(k)
+    q, k = (rotate_as_complex(t, freqs) for t in (q, k))
     if key_offset:
         still = torch.cat([freqs == 0, freqs == 0])  # (Dh,): dims i and i + Dh/2 of a pair that does not turn
         previous = torch.stack([k[max(t - 1, 0)] for t in range(T)])
@@ -230,10 +242,18 @@ def attention_reference(attn, x: torch.Tensor, ve: torch.Tensor | None, tokens: 
         (a,) = attn.value_mix.detach().double()
         share = 2 * torch.sigmoid(torch.einsum("tk,hk->th", x[:, :value_gate.shape[1]], value_gate))  # (T, H)
         v = a * v + share[..., None] * ve.view(T, H, Dh)
+    if paired:
+        doc = (tokens == tg.BOS_ID).cumsum(0).tolist()
+        visible = torch.tensor([[k <= q and q - k < window and doc[q // 2] == doc[k // 2] for k in range(2 * T)]
+                                for q in range(2 * T)])
+    else:
+        visible = document_window_from_loops(tokens, window)
     scores = attn.scale * scale_gain * torch.einsum("qhd,khd->hqk", q, k)
-    p = torch.softmax(scores.masked_fill(~document_window_from_loops(tokens, window), float("-inf")), dim=-1)
+    p = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1)
     gate = torch.sigmoid(x[:, :attn.gate_dim] @ attn.gate.detach().double().T)  # (T, H)
-    o = torch.einsum("hqk,khd->qhd", p, v)
+    o = torch.einsum("hqk,khd->qhd", p, spread(v) if paired else v)
+    if paired:  # each head's output back from its place
+        o = torch.stack([o[position, slot] for position, slot in place]).view(T, H, Dh)
     if xsa_alpha is not None:
         along_v = torch.einsum("thd,thd->th", o, v) / torch.einsum("thd,thd->th", v, v)  # (T, H)
         o = o - torch.tanh(xsa_alpha)[None, :, None] * along_v[..., None] * v
@@ -282,7 +302,8 @@ def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], fre
                        logit_cap: str, mtp_weights: list[float] | None = None, value_embed_layers: str = "",
                        value_embed_gates: bool = False, skips: list[tuple[int, int]] | None = None,
                        no_attention: tuple[int, ...] = (), xsa_layers: tuple[int, ...] = (),
-                       key_offset: bool = False, backout_layer: int = -1) -> torch.Tensor:
+                       key_offset: bool = False, backout_layer: int = -1,
+                       paired: tuple[int, ...] = ()) -> torch.Tensor:
     """The whole GPT written out in fp64, each wire spelled out: x0 = norm(embedding); block i first mixes
     a_i·x + b_i·x0; value embedding j feeds blocks j and L - num_ve + j, or, untied, the j-th block listed in
     value_embed_layers; with value_embed_gates each of those blocks weighs it by its own gate on the block's
@@ -291,9 +312,10 @@ def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], fre
     skip attention; blocks in xsa_layers take out of each head's output its part along the token's own value, a
     share tanh(xsa_alpha[h]); a third residual_mix entry c scales x by c before the MLP; every attention rotates
     by freqs and scales its scores by attn_scale · scale_gain; with key_offset, the attention of each L block
-    offsets its keys; with bigram_signs each bigram row is multiplied elementwise by its pair's row of the sign
-    table; the head reads norm(x), or norm(x - λ·(output of block backout_layer)); logits are softcapped. With mtp_weights, position t also predicts the
-    token k + 1 ahead, weight w_k, where the sequence still has one."""
+    offsets its keys; blocks in paired attend with paired heads; with bigram_signs each bigram row is multiplied
+    elementwise by its pair's row of the sign table; the head reads norm(x), or norm(x - λ·(output of block
+    backout_layer)); logits are softcapped. With mtp_weights, position t also predicts the token k + 1 ahead, weight
+    w_k, where the sequence still has one."""
     inputs, targets = tokens[:-1], tokens[1:]
     p = {name: t.detach().double() for name, t in model.named_parameters()}
     L, num_ve = len(model.blocks), len(model.value_embeds)
@@ -329,7 +351,7 @@ def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], fre
             xsa_alpha = p[f"blocks.{i}.attn.xsa_alpha"] if i in xsa_layers else None
             offset = key_offset and model.window_pattern[i] == "L"
             x = x + attention_reference(block.attn, rms_norm(x), ve, inputs, windows[model.window_pattern[i]], freqs,
-                                        scale_gain, value_gate, xsa_alpha, offset)
+                                        scale_gain, value_gate, xsa_alpha, offset, i in paired)
         x = c[0] * x if c else x
         x = x + torch.relu(rms_norm(x) @ p[f"blocks.{i}.mlp.fc"].T).square() @ p[f"blocks.{i}.mlp.proj"].T
         outputs.append(x)
@@ -349,8 +371,10 @@ def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], fre
 LAYOUTS = {"unet": (4, "SLSL", "unet", "", False, ""), "skips": (5, "SLSLS", "0:2,1:4,0:4", "2", True, ""),
            "xsa": (5, "SLSLS", "0:2,1:4,0:4", "2", True, "0,3,4"),
            "backout_signs": (5, "SLSLS", "0:2,1:4,0:4", "2", True, "")}
-# layouts that also turn on the backout (from block 2, the one without attention) and a 7-row bigram sign table
-BACKOUT_SIGNS = {"backout_signs": dict(backout_layer=2, bigram_signs=7)}
+# layouts that also turn on the backout (from block 2, the one without attention), a 7-row bigram sign table and
+# paired heads in blocks 0 and 3 (4 heads: a slot pairs heads 0 and 2, 1 and 3)
+BACKOUT_SIGNS = {"backout_signs": dict(backout_layer=2, bigram_signs=7, paired_head_layers="0,3", num_heads=4,
+                                       head_dim=16)}
 
 
 @pytest.mark.parametrize("logit_cap, bigram_buckets, smear, rope, value_embed_layers, value_embed_gates, layout, "
@@ -406,7 +430,8 @@ def test_gpt_forward_matches_the_model_written_out(monkeypatch, logit_cap, bigra
                                    None if skips == "unet" else [tuple(map(int, s.split(":"))) for s in skips.split(",")],
                                    tuple(int(i) for i in no_attention.split(",") if i),
                                    tuple(int(i) for i in xsa_layers.split(",") if i), key_offset,
-                                   BACKOUT_SIGNS.get(layout, {}).get("backout_layer", -1))
+                                   BACKOUT_SIGNS.get(layout, {}).get("backout_layer", -1),
+                                   tuple(tg.int_list(BACKOUT_SIGNS.get(layout, {}).get("paired_head_layers", ""))))
     # fp32 agrees to ~1e-7; the bound is tight enough that YaRN's stretch of the frequencies (4e-6 here) shows
     assert abs(loss.item() - reference.item()) < 1e-6 * reference.item(), (loss.item(), reference.item())
 
@@ -586,6 +611,22 @@ def test_logits_are_softcapped():
                                                     atol=1e-4)
 
 
+def test_paired_head_blocks_attend_over_twice_the_positions():
+    """Upstream's blocks 0, 2, 5, 9 pass its checks; only they are paired; the rotary table covers 2T positions; on
+    CPU their mask is the dense (2T, 2T) one, in which 2t and 2t + 1 are one token's."""
+    hp = tg.parse_args(["--paired_head_layers=0,2,5,9", "--bigram_buckets=0"])
+    with torch.device("meta"):  # no memory, no time: the record model's structure only
+        model = tg.GPT(hp)
+    assert [i for i, b in enumerate(model.blocks) if b.attn is not None and b.attn.paired] == [0, 2, 5, 9]
+    assert model.rotary.cos.size(1) == 2 * hp.max_seq_len
+    assert tg.GPT(tg.parse_args(["--preset=tiny"])).rotary.cos.size(1) == tg.parse_args(["--preset=tiny"]).max_seq_len
+    tokens = torch.tensor([tg.BOS_ID, 5, 6, tg.BOS_ID, 7])
+    mask = tg.attention_mask(tokens, torch.tensor(3), paired=True)[0, 0]
+    doc = [0, 0, 0, 0, 0, 0, 1, 1, 1, 1]  # positions 2t, 2t + 1 -> token t's document
+    assert torch.equal(mask, torch.tensor([[k <= q and q - k < 3 and doc[q] == doc[k] for k in range(10)]
+                                           for q in range(10)]))
+
+
 def test_parse_args_overrides_and_rejects_bad_flags():
     hp = tg.parse_args(["--preset=tiny", "--num_iterations=7", "--align_to_bos=false", "--muon_lr=0.5"])
     assert (hp.num_iterations, hp.align_to_bos, hp.muon_lr, hp.model_dim) == (7, False, 0.5, 64)
@@ -599,7 +640,16 @@ def test_parse_args_overrides_and_rejects_bad_flags():
                          (["--backout_layer=-2"], "--backout_layer=-2"),
                          (["--bigram_buckets=0", "--bigram_signs=8192"], "--bigram_signs=8192: must be 0 (none) or a "
                                                                           "positive row count, and needs --bigram_buckets"),
-                         (["--bigram_signs=-1"], "--bigram_signs=-1")]:
+                         (["--bigram_signs=-1"], "--bigram_signs=-1"),
+                         (["--paired_head_layers=6"], "--paired_head_layers=6: must be distinct indices of blocks with "
+                                                      "attention"),
+                         (["--paired_head_layers=0,0"], "--paired_head_layers=0,0: must be distinct"),
+                         (["--paired_head_layers=1"],
+                          "--paired_head_layers=1: and --xsa_layers must not share a block"),
+                         (["--paired_head_layers=3", "--xsa_layers=1"],
+                          "--paired_head_layers=3: must be S blocks of --window_pattern while --key_offset"),
+                         (["--paired_head_layers=0", "--num_heads=3", "--head_dim=256"],
+                          "needs an even --num_heads, got 3")]:
         try:
             tg.parse_args(argv)
         except ValueError as e:
