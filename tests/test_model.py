@@ -697,12 +697,14 @@ def test_multi_token_weights_follow_the_schedule():
 
 
 def test_block_mask_from_document_blocks_equals_create_block_mask():
-    """The per-block decision (partial vs full blocks) is exactly what evaluating the mask on every pair gives."""
+    """The per-block decision (partial vs full blocks) is exactly what evaluating the mask on every pair gives;
+    also for paired heads' 2T positions, each token's document twice."""
     T = 128 * 12
-    for seed, window in [(5, 384), (6, 128), (7, 1024)]:
-        tokens = random_documents(T, seed)
-        tokens[torch.arange(0, T, 300)] = tg.BOS_ID  # also long documents that span blocks
+    for seed, window, paired in [(5, 384, False), (6, 128, False), (7, 1024, False), (8, 384, True)]:
+        tokens = random_documents(T // 2 if paired else T, seed)
+        tokens[torch.arange(0, tokens.numel(), 300)] = tg.BOS_ID  # also long documents that span blocks
         docs = (tokens == tg.BOS_ID).cumsum(0)
+        docs = docs.repeat_interleave(2) if paired else docs
         mask_mod = tg.document_causal_window(docs, torch.tensor(window))
         ours = tg.block_mask(docs, torch.tensor(window), mask_mod)
         reference = create_block_mask(mask_mod, None, None, T, T, device="cpu")
@@ -752,6 +754,39 @@ def test_compiled_model_with_fused_mlp_matches_unfused_on_gpu():
     assert abs(loss_fused - loss_plain) < 1e-2
     for name, g in grads_plain.items():
         assert ((grads_fused[name] - g).norm() / g.norm()).item() < 2e-2, name
+
+
+@pytest.mark.gpu
+def test_compiled_model_with_paired_heads_matches_eager_on_gpu():
+    """--paired_head_layers under torch.compile with FlexAttention's BlockMask over 2T positions gives the eager
+    model's loss and attention gradients within bf16 noise; the paired block's gradient is far from the unpaired
+    model's, so the pairing did run compiled. The backout and the bigram signs ride along."""
+    hp = tg.parse_args(["--preset=tiny", "--seq_lens=2048", "--window_blocks=2:8", "--key_offset=false",
+                        "--xsa_layers=", "--num_heads=4", "--head_dim=16", "--paired_head_layers=0",
+                        "--backout_layer=0", "--bigram_signs=7"])
+    tokens = random_documents(2049, seed=3).cuda()
+    windows = tg.window_tensors(0, hp, tokens.device)
+    results = []
+    for paired, compile in [("0", False), ("0", True), ("", True)]:
+        torch.manual_seed(0)
+        model = tg.GPT(dataclasses.replace(hp, paired_head_layers=paired))
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():  # off the init, whose zero projections and small logits would hide the attention
+            for param in model.parameters():
+                param.add_(0.3 * torch.randn(param.shape, generator=g))
+        model = model.cuda()
+        forward = torch.compile(model, dynamic=False) if compile else model
+        loss = forward(tokens[:-1].int(), tokens[1:].long(), windows)
+        loss.backward()
+        results.append((loss.item(), {n: p.grad.float() for n, p in model.named_parameters() if "attn.qkvo" in n}))
+    (loss_eager, eager), (loss_compiled, compiled), (_, unpaired) = results
+
+    def apart(a, b):
+        return ((a - b).norm() / a.norm()).item()
+
+    assert abs(loss_compiled - loss_eager) < 1e-2
+    assert all(apart(compiled[name], g) < 5e-2 for name, g in eager.items())
+    assert apart(compiled["blocks.0.attn.qkvo"], unpaired["blocks.0.attn.qkvo"]) > 0.1
 
 
 @pytest.mark.gpu
@@ -846,10 +881,13 @@ def test_fp8_head_matches_bf16_head_on_gpu(compile):
 
 
 @pytest.mark.parametrize("flags", [{}, dict(key_offset=True, xsa_layers="0,1", value_embed_layers="0,1",
-                                            value_embed_gates=True)])
+                                            value_embed_gates=True),
+                                   dict(key_offset=False, xsa_layers="", paired_head_layers="0,1", num_heads=4,
+                                        head_dim=16, backout_layer=0, bigram_signs=7)])
 def test_no_logit_sees_a_later_token(monkeypatch, flags):
     """The whole model is causal: changing the token at position p changes no logit before p, with every feature
-    that mixes tokens on (attention, smear, the bigram hash, key offset, XSA, value embeddings). A model that
+    that mixes tokens on (attention, smear, the bigram hash and its signs, key offset, XSA, value embeddings, paired
+    heads). A model that
     peeks ahead trains to a loss too good to be true; this is the check behind a proxy gain that large."""
     logits_seen = []
 
