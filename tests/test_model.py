@@ -756,53 +756,19 @@ def test_compiled_model_with_fused_mlp_matches_unfused_on_gpu():
         assert ((grads_fused[name] - g).norm() / g.norm()).item() < 2e-2, name
 
 
-@pytest.mark.gpu
-def test_compiled_model_with_paired_heads_matches_eager_on_gpu():
-    """--paired_head_layers under torch.compile with FlexAttention's BlockMask over 2T positions gives the eager
-    model's loss and attention gradients within bf16 noise; the paired block's gradient is far from the unpaired
-    model's, so the pairing did run compiled. The backout and the bigram signs ride along."""
-    hp = tg.parse_args(["--preset=tiny", "--seq_lens=2048", "--window_blocks=2:8", "--key_offset=false",
-                        "--xsa_layers=", "--num_heads=4", "--head_dim=16", "--paired_head_layers=0",
-                        "--backout_layer=0", "--bigram_signs=7"])
+def compiled_against_eager_on_gpu(hp: tg.Hyperparameters, block: int, **off) -> None:
+    """hp's model under torch.compile with FlexAttention's BlockMask (the feature in the compiled graph and its
+    backward) gives the eager model's loss and attention gradients within bf16 noise, and `block`'s gradient is far
+    from the compiled model's with the fields in `off`, so the feature did run compiled. Every parameter is moved
+    off its init, whose zero projections and small logits would hide the attention."""
     tokens = random_documents(2049, seed=3).cuda()
     windows = tg.window_tensors(0, hp, tokens.device)
     results = []
-    for paired, compile in [("0", False), ("0", True), ("", True)]:
+    for run_hp, compile in [(hp, False), (hp, True), (dataclasses.replace(hp, **off), True)]:
         torch.manual_seed(0)
-        model = tg.GPT(dataclasses.replace(hp, paired_head_layers=paired))
+        model = tg.GPT(run_hp)
         g = torch.Generator().manual_seed(1)
-        with torch.no_grad():  # off the init, whose zero projections and small logits would hide the attention
-            for param in model.parameters():
-                param.add_(0.3 * torch.randn(param.shape, generator=g))
-        model = model.cuda()
-        forward = torch.compile(model, dynamic=False) if compile else model
-        loss = forward(tokens[:-1].int(), tokens[1:].long(), windows)
-        loss.backward()
-        results.append((loss.item(), {n: p.grad.float() for n, p in model.named_parameters() if "attn.qkvo" in n}))
-    (loss_eager, eager), (loss_compiled, compiled), (_, unpaired) = results
-
-    def apart(a, b):
-        return ((a - b).norm() / a.norm()).item()
-
-    assert abs(loss_compiled - loss_eager) < 1e-2
-    assert all(apart(compiled[name], g) < 5e-2 for name, g in eager.items())
-    assert apart(compiled["blocks.0.attn.qkvo"], unpaired["blocks.0.attn.qkvo"]) > 0.1
-
-
-@pytest.mark.gpu
-def test_compiled_model_with_key_offset_matches_eager_on_gpu():
-    """--key_offset=true under torch.compile with FlexAttention's BlockMask (the offset keys in the compiled graph
-    and its backward) gives the eager model's loss and attention gradients within bf16 noise; the L block's
-    gradient is far from the one without the offset (30% apart in fp32 on CPU), so the offset did run compiled."""
-    hp = tg.parse_args(["--preset=tiny", "--seq_lens=2048", "--window_blocks=2:8", "--key_offset=true"])
-    tokens = random_documents(2049, seed=3).cuda()
-    windows = tg.window_tensors(0, hp, tokens.device)
-    results = []
-    for key_offset, compile in [(True, False), (True, True), (False, True)]:
-        torch.manual_seed(0)
-        model = tg.GPT(dataclasses.replace(hp, key_offset=key_offset))
-        g = torch.Generator().manual_seed(1)
-        with torch.no_grad():  # off the init, whose zero projections and small logits would hide the attention
+        with torch.no_grad():
             for param in model.parameters():
                 param.add_(0.3 * torch.randn(param.shape, generator=g))
         model = model.cuda()
@@ -817,7 +783,24 @@ def test_compiled_model_with_key_offset_matches_eager_on_gpu():
 
     assert abs(loss_compiled - loss_eager) < 1e-2
     assert all(apart(compiled[name], g) < 5e-2 for name, g in eager.items())
-    assert apart(compiled["blocks.1.attn.qkvo"], without["blocks.1.attn.qkvo"]) > 0.1
+    assert apart(compiled[f"blocks.{block}.attn.qkvo"], without[f"blocks.{block}.attn.qkvo"]) > 0.1
+
+
+@pytest.mark.gpu
+def test_compiled_model_with_paired_heads_matches_eager_on_gpu():
+    """--paired_head_layers: FlexAttention over 2T positions in block 0; the backout and the bigram signs ride
+    along."""
+    hp = tg.parse_args(["--preset=tiny", "--seq_lens=2048", "--window_blocks=2:8", "--key_offset=false",
+                        "--xsa_layers=", "--num_heads=4", "--head_dim=16", "--paired_head_layers=0",
+                        "--backout_layer=0", "--bigram_signs=7"])
+    compiled_against_eager_on_gpu(hp, 0, paired_head_layers="")
+
+
+@pytest.mark.gpu
+def test_compiled_model_with_key_offset_matches_eager_on_gpu():
+    """--key_offset=true: the L block's gradient without the offset is 30% apart in fp32 on CPU."""
+    hp = tg.parse_args(["--preset=tiny", "--seq_lens=2048", "--window_blocks=2:8", "--key_offset=true"])
+    compiled_against_eager_on_gpu(hp, 1, key_offset=False)
 
 
 def head_run(hp, fp8_head: bool, tokens: torch.Tensor, windows: dict, micro_steps: int = 1, compile: bool = False):
