@@ -1300,14 +1300,16 @@ class CausalSelfAttention(nn.Module):
     2026-01-07); the caller passes that sequence's mask (attention_mask(..., paired=True))."""
 
     def __init__(self, dim: int, num_heads: int, head_dim: int, gate_dim: int, rotary: Rotary, scale: float,
-                 value_gate: bool = False, xsa: bool = False, key_offset: bool = False, paired: bool = False):
+                 value_gate: bool = False, xsa: bool = False, key_offset: bool = False, paired: bool = False,
+                 zero_out: bool = True):
         super().__init__()
         assert num_heads * head_dim == dim, "q, k, v and the output projection share one (4, dim, dim) bank"
         self.num_heads, self.head_dim, self.gate_dim, self.scale = num_heads, head_dim, gate_dim, scale
         self.rotary, self.key_offset, self.paired = rotary, key_offset, paired
         bound = 3**0.5 * 0.5 * dim**-0.5
         qkvo = torch.empty(4, dim, dim).uniform_(-bound, bound)
-        qkvo[3].zero_()  # output projection starts at zero: each block begins as the identity
+        if zero_out:  # output projection starts at zero: each block's attention begins as the identity
+            qkvo[3].zero_()
         self.qkvo = nn.Parameter(qkvo)  # (4, out, in): q, k, v, o
         self.gate = nn.Parameter(torch.zeros(num_heads, gate_dim))  # per-head output gate, sigmoid(0) = 0.5
         if value_gate:  # v = a·v + 2σ(w·x[:gate_dim])·value_embedding per head: starts at 1, lies in (0, 2)
@@ -1371,10 +1373,10 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, dim: int, num_heads: int, head_dim: int, mlp_hidden: int, gate_dim: int, rotary, scale,
                  fused_mlp: bool, value_gate: bool = False, attention: bool = True, sublayer_residual: bool = False,
-                 xsa: bool = False, key_offset: bool = False, paired: bool = False):
+                 xsa: bool = False, key_offset: bool = False, paired: bool = False, zero_attn_out: bool = True):
         super().__init__()
         self.attn = (CausalSelfAttention(dim, num_heads, head_dim, gate_dim, rotary, scale, value_gate, xsa,
-                                         key_offset, paired) if attention else None)
+                                         key_offset, paired, zero_attn_out) if attention else None)
         self.mlp = MLP(dim, mlp_hidden, fused_mlp)
         # x = a·x + b·x0 (x0: the token embedding); with sublayer_residual also x = c·x before the MLP, a and c at
         # √1.1 so a block scales the stream by 1.1, as upstream's per-sublayer residual lambdas (2026 train_gpt.py)
@@ -1382,10 +1384,11 @@ class Block(nn.Module):
         self.residual_mix = nn.Parameter(torch.tensor([1.1**0.5, 0.0, 1.1**0.5] if sublayer_residual else [1.0, 0.0]))
         self.sublayer_residual = sublayer_residual
 
-    def forward(self, x, x0, value_embed, mask):
+    def forward(self, x, x0, value_embed, mask, attn_source=None):
+        """attn_source: what the attention reads, normed, in place of the block's own mixed input (--attn_source)."""
         x = self.residual_mix[0] * x + self.residual_mix[1] * x0
         if self.attn is not None:
-            x = x + self.attn(norm(x), value_embed, mask)
+            x = x + self.attn(norm(x if attn_source is None else attn_source), value_embed, mask)
         if self.sublayer_residual:
             x = self.residual_mix[2] * x
         return x + self.mlp(norm(x))
@@ -1430,7 +1433,7 @@ class GPT(nn.Module):
                   hp.fused_mlp, value_gate=hp.value_embed_gates and j is not None,
                   attention=i not in hp.no_attention_layer_list, sublayer_residual=hp.sublayer_residual,
                   xsa=i in hp.xsa_layer_list, key_offset=hp.key_offset and hp.window_pattern[i] == "L",
-                  paired=i in self.paired_layers)
+                  paired=i in self.paired_layers, zero_attn_out=hp.zero_attn_out)
             for i, j in enumerate(self.value_embed_of_block))
         self.skip_pairs = hp.skip_pairs  # (src, dst): gate k adds σ(skip_gates[k])·(src's output) to dst's input
         self.skip_gates = nn.Parameter(torch.full((len(self.skip_pairs),), hp.skip_gate_init))
@@ -1447,6 +1450,7 @@ class GPT(nn.Module):
                                  persistent=False)
         else:
             self.bigram_signs = None
+        self.attn_source = hp.attn_source  # blocks after it attend over its output
         self.backout_layer = hp.backout_layer  # the head reads x - λ·(this block's output); λ from 0.5
         if self.backout_layer >= 0:
             self.backout_lambda = nn.Parameter(torch.full((1,), 0.5))
@@ -1480,9 +1484,11 @@ class GPT(nn.Module):
                 x = x + self.bigram_lambdas[i] * bigrams
             j = self.value_embed_of_block[i]
             mask = masks[self.window_pattern[i], i in self.paired_layers]
-            x = block(x, x0, ves[j] if j is not None else None, mask)
+            x = block(x, x0, ves[j] if j is not None else None, mask, source if 0 <= self.attn_source < i else None)
             if any(src == i for src, _ in self.skip_pairs):
                 outputs[i] = x
+            if i == self.attn_source:
+                source = x
             if i == self.backout_layer:
                 backout = x
         if self.backout_layer >= 0:  # upstream's backout: take back part of what the early blocks wrote
@@ -1769,6 +1775,8 @@ class Hyperparameters:
     bigram_buckets: int = 377_280  # rows of a hashed token-pair embedding added to each block's input (0: none)
     bigram_signs: int = 0  # rows of a fixed ±1 table: each pair's bigram row times the row (prev XOR cur) mod N
     backout_layer: int = -1  # the head reads the last block's output minus λ times this block's (-1: none)
+    attn_source: int = -1  # the blocks after this one attend over its output, not their own input (-1: none)
+    zero_attn_out: bool = True  # the attention's output projection starts at zero (false: uniform, as q, k, v)
     smear: bool = True  # each token's embedding takes a gated share of the previous token's
     window_pattern: str = "SSSLSSSSSSL"  # per block: S short or L long sliding window
     window_blocks: str = "1:3,3:7,5:11"  # short:long sliding windows per equal stage of training, in 128-token blocks
@@ -1882,6 +1890,8 @@ class Hyperparameters:
                 "must be 0 (none) or a positive row count, and needs --bigram_buckets")
         require(not self.muon_qk_head_pairs or self.num_heads % 2 == 0, "muon_qk_head_pairs",
                 f"needs an even --num_heads, got {self.num_heads} (add --muon_qk_head_pairs=false)")
+        require(-1 <= self.attn_source < self.num_layers - 1, "attn_source",
+                f"must be -1 (none) or a block before the last, 0 to {self.num_layers - 2}")
         require(-1 <= self.backout_layer < self.num_layers - 1, "backout_layer",
                 f"must be -1 (none) or a block before the last, 0 to {self.num_layers - 2}")
         require(len(self.window_pattern) == self.num_layers and set(self.window_pattern) <= {"S", "L"},

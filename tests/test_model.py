@@ -303,7 +303,7 @@ def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], fre
                        value_embed_gates: bool = False, skips: list[tuple[int, int]] | None = None,
                        no_attention: tuple[int, ...] = (), xsa_layers: tuple[int, ...] = (),
                        key_offset: bool = False, backout_layer: int = -1,
-                       paired: tuple[int, ...] = ()) -> torch.Tensor:
+                       paired: tuple[int, ...] = (), attn_source: int = -1) -> torch.Tensor:
     """The whole GPT written out in fp64, each wire spelled out: x0 = norm(embedding); block i first mixes
     a_i·x + b_i·x0; value embedding j feeds blocks j and L - num_ve + j, or, untied, the j-th block listed in
     value_embed_layers; with value_embed_gates each of those blocks weighs it by its own gate on the block's
@@ -312,7 +312,8 @@ def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], fre
     skip attention; blocks in xsa_layers take out of each head's output its part along the token's own value, a
     share tanh(xsa_alpha[h]); a third residual_mix entry c scales x by c before the MLP; every attention rotates
     by freqs and scales its scores by attn_scale · scale_gain; with key_offset, the attention of each L block
-    offsets its keys; blocks in paired attend with paired heads; with bigram_signs each bigram row is multiplied
+    offsets its keys; blocks in paired attend with paired heads; blocks after attn_source attend over
+    rms_norm(its output) instead of their own input; with bigram_signs each bigram row is multiplied
     elementwise by its pair's row of the sign table; the head reads norm(x), or norm(x - λ·(output of block
     backout_layer)); logits are softcapped. With mtp_weights, position t also predicts the token k + 1 ahead, weight
     w_k, where the sequence still has one."""
@@ -350,8 +351,9 @@ def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], fre
         if i not in no_attention:
             xsa_alpha = p[f"blocks.{i}.attn.xsa_alpha"] if i in xsa_layers else None
             offset = key_offset and model.window_pattern[i] == "L"
-            x = x + attention_reference(block.attn, rms_norm(x), ve, inputs, windows[model.window_pattern[i]], freqs,
-                                        scale_gain, value_gate, xsa_alpha, offset, i in paired)
+            source = outputs[attn_source] if 0 <= attn_source < i else x
+            x = x + attention_reference(block.attn, rms_norm(source), ve, inputs, windows[model.window_pattern[i]],
+                                        freqs, scale_gain, value_gate, xsa_alpha, offset, i in paired)
         x = c[0] * x if c else x
         x = x + torch.relu(rms_norm(x) @ p[f"blocks.{i}.mlp.fc"].T).square() @ p[f"blocks.{i}.mlp.proj"].T
         outputs.append(x)
@@ -371,10 +373,11 @@ def gpt_reference_loss(model, tokens: torch.Tensor, windows: dict[str, int], fre
 LAYOUTS = {"unet": (4, "SLSL", "unet", "", False, ""), "skips": (5, "SLSLS", "0:2,1:4,0:4", "2", True, ""),
            "xsa": (5, "SLSLS", "0:2,1:4,0:4", "2", True, "0,3,4"),
            "backout_signs": (5, "SLSLS", "0:2,1:4,0:4", "2", True, "")}
-# layouts that also turn on the backout (from block 2, the one without attention), a 7-row bigram sign table and
-# paired heads in blocks 0 and 3 (4 heads: a slot pairs heads 0 and 2, 1 and 3)
+# layouts that also turn on the backout (from block 2, the one without attention), a 7-row bigram sign table,
+# paired heads in blocks 0 and 3 (4 heads: a slot pairs heads 0 and 2, 1 and 3), the later blocks attending over
+# block 0's output, and output projections that start uniform
 BACKOUT_SIGNS = {"backout_signs": dict(backout_layer=2, bigram_signs=7, paired_head_layers="0,3", num_heads=4,
-                                       head_dim=16)}
+                                       head_dim=16, attn_source=0, zero_attn_out=False)}
 
 
 @pytest.mark.parametrize("logit_cap, bigram_buckets, smear, rope, value_embed_layers, value_embed_gates, layout, "
@@ -431,7 +434,8 @@ def test_gpt_forward_matches_the_model_written_out(monkeypatch, logit_cap, bigra
                                    tuple(int(i) for i in no_attention.split(",") if i),
                                    tuple(int(i) for i in xsa_layers.split(",") if i), key_offset,
                                    BACKOUT_SIGNS.get(layout, {}).get("backout_layer", -1),
-                                   tuple(tg.int_list(BACKOUT_SIGNS.get(layout, {}).get("paired_head_layers", ""))))
+                                   tuple(tg.int_list(BACKOUT_SIGNS.get(layout, {}).get("paired_head_layers", ""))),
+                                   BACKOUT_SIGNS.get(layout, {}).get("attn_source", -1))
     # fp32 agrees to ~1e-7; the bound is tight enough that YaRN's stretch of the frequencies (4e-6 here) shows
     assert abs(loss.item() - reference.item()) < 1e-6 * reference.item(), (loss.item(), reference.item())
 
@@ -513,6 +517,15 @@ def tiny_model(**overrides):
     torch.manual_seed(0)
     hp = tg.parse_args(["--preset=tiny", *[f"--{k}={v}" for k, v in overrides.items()]])
     return tg.GPT(hp), hp
+
+
+def test_zero_attn_out_false_starts_the_output_projection_as_q_k_and_v():
+    model, hp = tiny_model(zero_attn_out=False)
+    bound = 3**0.5 * 0.5 * hp.model_dim**-0.5
+    for block in model.blocks:
+        o = block.attn.qkvo[3].detach()
+        assert o.abs().max() <= bound and o.std() == pytest.approx(bound / 3**0.5, rel=0.1)
+    assert all(not b.attn.qkvo[3].any() for b in tiny_model()[0].blocks)  # the default: zero
 
 
 def test_zero_initialized_output_projections_make_blocks_identity():
@@ -638,6 +651,7 @@ def test_parse_args_overrides_and_rejects_bad_flags():
                          (["--num_heads=9", "--head_dim=9", "--model_dim=81"], "--model_dim=81: must be a multiple of 8"),
                          (["--backout_layer=10"], "--backout_layer=10: must be -1 (none) or a block before the last, 0 to 9"),
                          (["--backout_layer=-2"], "--backout_layer=-2"),
+                         (["--attn_source=10"], "--attn_source=10: must be -1 (none) or a block before the last, 0 to 9"),
                          (["--bigram_buckets=0", "--bigram_signs=8192"], "--bigram_signs=8192: must be 0 (none) or a "
                                                                           "positive row count, and needs --bigram_buckets"),
                          (["--bigram_signs=-1"], "--bigram_signs=-1"),
@@ -866,7 +880,7 @@ def test_fp8_head_matches_bf16_head_on_gpu(compile):
 @pytest.mark.parametrize("flags", [{}, dict(key_offset=True, xsa_layers="0,1", value_embed_layers="0,1",
                                             value_embed_gates=True),
                                    dict(key_offset=False, xsa_layers="", paired_head_layers="0,1", num_heads=4,
-                                        head_dim=16, backout_layer=0, bigram_signs=7)])
+                                        head_dim=16, backout_layer=0, bigram_signs=7, attn_source=0)])
 def test_no_logit_sees_a_later_token(monkeypatch, flags):
     """The whole model is causal: changing the token at position p changes no logit before p, with every feature
     that mixes tokens on (attention, smear, the bigram hash and its signs, key offset, XSA, value embeddings, paired
