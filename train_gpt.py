@@ -2462,11 +2462,15 @@ def matmul_tflops(device) -> float:
     return 20 * 2 * 8192**3 / (start.elapsed_time(end) / 1000) / 1e12
 
 
-def attended_keys(inputs: torch.Tensor, window: int) -> torch.Tensor:
-    """inputs: (T,) tokens -> (T,) the number of keys each query's document-causal window lets it see."""
+def attended_keys(inputs: torch.Tensor, window: int, paired: bool = False) -> torch.Tensor:
+    """inputs: (T,) tokens -> (T,) the number of keys each query's document-causal window lets it see; paired: the
+    mean over token t's two positions 2t, 2t + 1 of paired heads' sequence (each with half the heads)."""
     pos = torch.arange(inputs.numel(), device=inputs.device)
     doc_start = torch.cummax(torch.where(inputs == BOS_ID, pos, 0), 0).values
-    return torch.clamp(pos - doc_start + 1, max=window)
+    if not paired:
+        return torch.clamp(pos - doc_start + 1, max=window)
+    first = 2 * (pos - doc_start) + 1  # keys seen from position 2t: its document's positions up to 2t
+    return (torch.clamp(first, max=window) + torch.clamp(first + 1, max=window)) / 2
 
 
 def flops_per_token(model: GPT, inputs: torch.Tensor, windows: dict[str, int]) -> tuple[float, float]:
@@ -2475,9 +2479,8 @@ def flops_per_token(model: GPT, inputs: torch.Tensor, windows: dict[str, int]) -
     2x backward), counting for each query the keys its document-causal window really lets it see."""
     matmul_params = model.lm_head.numel() + sum((b.attn.qkvo.numel() if b.attn is not None else 0) + b.mlp.fc.numel()
                                                 + b.mlp.proj.numel() for b in model.blocks)
-    attended = {kind: attended_keys(inputs, w).float().mean().item() for kind, w in windows.items()}
     dim = model.embed.weight.size(1)
-    attention = sum(12 * attended[kind] * dim
+    attention = sum(12 * attended_keys(inputs, windows[kind], b.attn.paired).float().mean().item() * dim
                     for kind, b in zip(model.window_pattern, model.blocks) if b.attn is not None)
     return 6 * matmul_params, attention
 

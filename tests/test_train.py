@@ -359,6 +359,16 @@ def test_attended_keys_count_own_document_and_window():
     bos = tg.BOS_ID
     inputs = torch.tensor([bos, 5, 6, 7, bos, 8, bos])
     assert tg.attended_keys(inputs, window=3).tolist() == [1, 2, 3, 3, 1, 2, 1]
+    # paired heads: token t is positions 2t, 2t + 1; each sees its document's positions up to itself, at most 3
+    assert tg.attended_keys(inputs, window=3, paired=True).tolist() == [1.5, 3, 3, 3, 1.5, 3, 1.5]
+
+
+def test_flops_count_paired_blocks_by_their_two_positions_a_token():
+    hp = tg.parse_args(["--preset=tiny", "--paired_head_layers=0", "--xsa_layers="])  # block 0 S, block 1 L
+    inputs = torch.tensor([tg.BOS_ID, 5, 6, 7, tg.BOS_ID, 8, tg.BOS_ID, 9])
+    _, attention = tg.flops_per_token(tg.GPT(hp), inputs, {"S": 3, "L": 5})
+    paired, plain = tg.attended_keys(inputs, 3, paired=True).mean(), tg.attended_keys(inputs, 5).float().mean()
+    assert attention == pytest.approx(12 * hp.model_dim * (paired + plain).item())
 
 
 def test_benchmark_prints_its_table_and_writes_a_trace(shards, tmp_path):
