@@ -1868,15 +1868,12 @@ class Hyperparameters:
                 "must be block indices below --num_layers, comma-separated")
         require(all(self.value_embed_of_block[i] is None for i in self.no_attention_layer_list), "no_attention_layers",
                 "names a block that reads a value embedding (see --value_embed_layers, --num_value_embeds)")
-        require(re.fullmatch(r"([0-9]+(,[0-9]+)*)?", self.xsa_layers) is not None
-                and all(i < self.num_layers and i not in self.no_attention_layer_list for i in self.xsa_layer_list)
-                and len(set(self.xsa_layer_list)) == len(self.xsa_layer_list), "xsa_layers",
-                "must be distinct indices of blocks with attention (see --no_attention_layers), comma-separated")
-        require(re.fullmatch(r"([0-9]+(,[0-9]+)*)?", self.paired_head_layers) is not None
-                and all(i < self.num_layers and i not in self.no_attention_layer_list
-                        for i in self.paired_head_layer_list)
-                and len(set(self.paired_head_layer_list)) == len(self.paired_head_layer_list), "paired_head_layers",
-                "must be distinct indices of blocks with attention (see --no_attention_layers), comma-separated")
+        for flag in ("xsa_layers", "paired_head_layers"):
+            text = getattr(self, flag)
+            require(re.fullmatch(r"([0-9]+(,[0-9]+)*)?", text) is not None
+                    and all(i < self.num_layers and i not in self.no_attention_layer_list for i in int_list(text))
+                    and len(set(int_list(text))) == len(int_list(text)), flag,
+                    "must be distinct indices of blocks with attention (see --no_attention_layers), comma-separated")
         require(not self.paired_head_layers or self.num_heads % 2 == 0, "paired_head_layers",
                 f"needs an even --num_heads, got {self.num_heads}")
         require(not self.paired_head_layers or not set(self.paired_head_layer_list) & set(self.xsa_layer_list),
@@ -1890,10 +1887,9 @@ class Hyperparameters:
                 "must be 0 (none) or a positive row count, and needs --bigram_buckets")
         require(not self.muon_qk_head_pairs or self.num_heads % 2 == 0, "muon_qk_head_pairs",
                 f"needs an even --num_heads, got {self.num_heads} (add --muon_qk_head_pairs=false)")
-        require(-1 <= self.attn_source < self.num_layers - 1, "attn_source",
-                f"must be -1 (none) or a block before the last, 0 to {self.num_layers - 2}")
-        require(-1 <= self.backout_layer < self.num_layers - 1, "backout_layer",
-                f"must be -1 (none) or a block before the last, 0 to {self.num_layers - 2}")
+        for flag in ("attn_source", "backout_layer"):
+            require(-1 <= getattr(self, flag) < self.num_layers - 1, flag,
+                    f"must be -1 (none) or a block before the last, 0 to {self.num_layers - 2}")
         require(len(self.window_pattern) == self.num_layers and set(self.window_pattern) <= {"S", "L"},
                 "window_pattern", "needs one letter S or L per layer")
         require(re.fullmatch(r"[0-9]+(,[0-9]+)*", self.seq_lens) is not None, "seq_lens",
