@@ -1739,9 +1739,9 @@ class Hyperparameters:
     # upstream's record of 2026-02-10: "896,2048,2048" (a training document's tail beyond the cap is dropped); off: on
     # the proxy's long-document text a 2048 cap cost +0.15 (records/_runs/2026-12-02_recipe)
     doc_max_tokens: str = ""  # per --seq_lens stage: training documents cut to this many tokens ("": whole)
-    # Upstream's 1270 + 15 steps, plus 13% for what we lack of its recipe by its own figures (9.3 s of its 74 s: paired
-    # heads 3.5, MUDD 2.8, V/O init 1.2, truncation and extension steps ~0.9, layer-7 reads 0.5, paired-head Muon 0.4)
-    num_iterations: int = 1450  # optimizer steps (380.0M tokens; 1750 before 2026-12-02)
+    # Upstream's 1270 + 15 steps, plus 5% for what we lack of its recipe by its own figures (3.7 s of its 74 s: MUDD
+    # 2.8, of which we have backout; document truncation and extension steps ~0.9)
+    num_iterations: int = 1350  # optimizer steps (353.9M tokens; 1750 before 2026-12-02, 1450 until session 8)
     # model
     vocab_size: int = 50304  # 50257 padded to a multiple of 128
     num_layers: int = 11  # transformer blocks (even with --skips=unet: its skips pair the halves)
@@ -1762,9 +1762,9 @@ class Hyperparameters:
     value_embed_layers: str = "0,1,8,9,10"  # blocks that each get their own value embedding ("": tied)
     value_embed_gates: bool = True  # v = a·v + 2σ(w·x[:attn_gate_dim])·value_embedding per head, w zero at init
     # Upstream's record of 2026-05-07 puts XSA on its layers 1, 3, 4, 7, 8, 10, all but its paired-head ones (0, 2, 5,
-    # 9; we have none); our blocks number as its layers, 6 without attention. With the key offset, -0.13 on the proxy
+    # 9); our blocks number as its layers, 6 without attention. With the key offset, -0.13 on the proxy
     xsa_layers: str = "1,3,4,7,8,10"  # blocks whose attention drops tanh(α_h) of its output along the token's own value
-    paired_head_layers: str = ""  # blocks whose heads h and h + H/2 attend as one sequence of 2T (upstream: 0,2,5,9)
+    paired_head_layers: str = "0,2,5,9"  # blocks whose heads h and h + H/2 attend as one sequence of 2T ("": none)
     attn_scale: float = 0.1  # QK-norm bounds q·k by head_dim, so the usual 1/sqrt(head_dim) is too soft (plain: 0.12)
     rope: str = "half_yarn"  # plain: rope_base^(-i/(head_dim/2)) on every pair; half_yarn: half the pairs still, YaRN
     rope_base: float = 10000.0  # rotary embedding base (--rope=plain)
@@ -1773,10 +1773,12 @@ class Hyperparameters:
     embed_std: float = 0.005  # init std of the token embedding (and the tied LM head)
     value_embed_std: float = 0.01  # init std of the value embeddings
     bigram_buckets: int = 377_280  # rows of a hashed token-pair embedding added to each block's input (0: none)
-    bigram_signs: int = 0  # rows of a fixed ±1 table: each pair's bigram row times the row (prev XOR cur) mod N
-    backout_layer: int = -1  # the head reads the last block's output minus λ times this block's (-1: none)
-    attn_source: int = -1  # the blocks after this one attend over its output, not their own input (-1: none)
-    zero_attn_out: bool = True  # the attention's output projection starts at zero (false: uniform, as q, k, v)
+    # The next four and paired heads, Q/K per head pair: upstream's of 2026-01 to 2026-04, on the proxy together -0.045
+    # (records/_runs/2026-12-02_recipe, session 8); before 2026-12-02 all off
+    bigram_signs: int = 8192  # rows of a fixed ±1 table: each pair's bigram row times the row (prev XOR cur) mod N
+    backout_layer: int = 7  # the head reads the last block's output minus λ times this block's (-1: none)
+    attn_source: int = 7  # the blocks after this one attend over its output, not their own input (-1: none)
+    zero_attn_out: bool = False  # the attention's output projection starts at zero (false: uniform, as q, k, v)
     smear: bool = True  # each token's embedding takes a gated share of the previous token's
     window_pattern: str = "SSSLSSSSSSL"  # per block: S short or L long sliding window
     window_blocks: str = "1:3,3:7,5:11"  # short:long sliding windows per equal stage of training, in 128-token blocks
@@ -1791,7 +1793,7 @@ class Hyperparameters:
     momentum_cooldown_frac: float = 50 / 1285  # value over this last fraction
     muon_beta2: float = 0.9  # NorMuon's second-moment decay
     muon_weight_decay: float = 1.2  # cautious weight decay of the matrices, times lr·(lr·lr_mul)
-    muon_qk_head_pairs: bool = False  # orthogonalize Q and K per pair of heads (2·head_dim rows), V and O whole
+    muon_qk_head_pairs: bool = True  # orthogonalize Q and K per pair of heads (2·head_dim rows), V and O whole
     adam_embed_lr: float = 0.008  # Adam lr of the token embedding
     adam_head_lr: float = 0.008  # Adam lr of the LM head
     adam_value_embed_lr: float = 0.6  # Adam lr of the value embeddings
@@ -2004,9 +2006,11 @@ PRESETS = {
     "proxy": dict(slices_per_step=1, seq_lens="65536", lr_stage_muls="1.0", num_iterations=500, val_every=100,
                   val_tokens=2_097_152, warmup_steps=3),
     # The record's model at toy size; two blocks hold no 3 -> 6 skip or attention-free block 6: a U-net, one tied
-    # value embedding without gates, XSA in block 1 as the record's in all blocks but its first.
+    # value embedding without gates, XSA in block 1 and paired heads in block 0, block 1 attending over block 0's
+    # output and the head backing out part of it.
     "tiny": dict(num_layers=2, skips="unet", no_attention_layers="", value_embed_layers="", value_embed_gates=False,
-                 xsa_layers="1", val_window_blocks="", model_dim=64, num_heads=2, head_dim=32, attn_gate_dim=8,
+                 xsa_layers="1", paired_head_layers="0", backout_layer=0, attn_source=0, bigram_signs=64,
+                 val_window_blocks="", model_dim=64, num_heads=2, head_dim=32, attn_gate_dim=8,
                  num_value_embeds=1, bigram_buckets=1021, window_pattern="SL", window_blocks="1:1,1:2", seq_lens="128",
                  lr_stage_muls="1.0", val_tokens=2048, val_seq_len=512, num_iterations=40, val_every=10,
                  warmup_steps=1, momentum_warmup_frac=0.25),

@@ -172,8 +172,8 @@ def test_key_offset_is_on_in_every_preset_and_off_leaves_the_model_unchanged(mon
     tokens = random_documents(257, seed=2)
     args = tokens[:-1].int(), tokens[1:].long(), {"S": torch.tensor(128), "L": torch.tensor(256)}
 
-    def run(**flags):  # without XSA, whose block 1 would damp the key offset's effect on this loss
-        model, _ = tiny_model(xsa_layers="", **flags)
+    def run(**flags):  # without XSA, the attention source and backout, which damp the key offset's effect on this loss
+        model, _ = tiny_model(xsa_layers="", attn_source=-1, backout_layer=-1, **flags)
         g = torch.Generator().manual_seed(1)
         with torch.no_grad():  # off the init, whose zero projections and small logits would hide the attention
             for param in model.parameters():
@@ -186,7 +186,7 @@ def test_key_offset_is_on_in_every_preset_and_off_leaves_the_model_unchanged(mon
     monkeypatch.undo()
     (default, loss_default), (on, loss_on) = run(), run(key_offset=True)
     assert [block.attn.key_offset for block in on.blocks] == [False, True] and loss_default == loss_on
-    assert list(on.state_dict()) == list(off.state_dict()) and abs(loss_on - loss_off) > 1e-4  # 3.5e-4 here
+    assert list(on.state_dict()) == list(off.state_dict()) and abs(loss_on - loss_off) > 1e-4  # 2.5e-4 here
 
 
 def test_key_offset_needs_half_yarn_and_a_long_window_block():
@@ -376,6 +376,8 @@ LAYOUTS = {"unet": (4, "SLSL", "unet", "", False, ""), "skips": (5, "SLSLS", "0:
 # layouts that also turn on the backout (from block 2, the one without attention), a 7-row bigram sign table,
 # paired heads in blocks 0 and 3 (4 heads: a slot pairs heads 0 and 2, 1 and 3), the later blocks attending over
 # block 0's output, and output projections that start uniform
+# The other layouts turn them off, though the tiny preset has them (in its blocks 0 and 1)
+SESSION8_OFF = dict(backout_layer=-1, bigram_signs=0, paired_head_layers="", attn_source=-1)
 BACKOUT_SIGNS = {"backout_signs": dict(backout_layer=2, bigram_signs=7, paired_head_layers="0,3", num_heads=4,
                                        head_dim=16, attn_source=0, zero_attn_out=False)}
 
@@ -408,7 +410,7 @@ def test_gpt_forward_matches_the_model_written_out(monkeypatch, logit_cap, bigra
                            window_blocks="1:1,1:2", val_window_blocks="1:3", value_embed_layers=value_embed_layers,
                            value_embed_gates=value_embed_gates, skips=skips, no_attention_layers=no_attention,
                            sublayer_residual=sublayer_residual, xsa_layers=xsa_layers, key_offset=key_offset,
-                           **BACKOUT_SIGNS.get(layout, {}))
+                           **BACKOUT_SIGNS.get(layout, SESSION8_OFF))
     tg.set_yarn(model, hp.num_iterations, hp)
     if rope == "plain":
         freqs, scale_gain = plain_frequencies(hp.head_dim, hp.rope_base), 1.0
@@ -481,7 +483,7 @@ def test_layout_flags_reject_what_the_model_cannot_wire():
 def test_gpt_multi_token_loss_matches_the_model_written_out(monkeypatch):
     """GPT.forward with three weighted targets ahead against gpt_reference_loss; the weights change the loss."""
     monkeypatch.setattr(torch.Tensor, "bfloat16", lambda t: t.float())
-    model, hp = tiny_model(logit_cap="sigmoid:23,5,7.5", rope="plain", key_offset=False, xsa_layers="")
+    model, hp = tiny_model(logit_cap="sigmoid:23,5,7.5", rope="plain", key_offset=False, xsa_layers="", **SESSION8_OFF)
     with torch.no_grad():
         for param in model.parameters():
             param.add_(0.3 * torch.randn(param.shape, generator=torch.Generator().manual_seed(9)))
@@ -502,7 +504,8 @@ def test_activations_stay_bf16_with_every_model_flag_on(value_embed_gates):
     """An fp32 parameter of shape (1,) or more promotes a bf16 activation to fp32: the model then runs its matmuls
     at the fp32 rate, and the fused MLP kernel, tiled for bf16, runs out of shared memory on a GPU."""
     model, hp = tiny_model(logit_cap="sigmoid:23,5,7.5", bigram_buckets=97, smear=True, value_embed_layers="0,1",
-                           value_embed_gates=value_embed_gates, sublayer_residual=True, xsa_layers="0,1")
+                           value_embed_gates=value_embed_gates, sublayer_residual=True, xsa_layers="1",
+                           paired_head_layers="0", backout_layer=0, attn_source=0, bigram_signs=64)
     with torch.no_grad():
         model.smear_lambda.fill_(0.5)
     seen = []
@@ -519,17 +522,17 @@ def tiny_model(**overrides):
     return tg.GPT(hp), hp
 
 
-def test_zero_attn_out_false_starts_the_output_projection_as_q_k_and_v():
-    model, hp = tiny_model(zero_attn_out=False)
+def test_output_projection_starts_uniform_as_q_k_and_v_and_zero_when_asked():
+    model, hp = tiny_model()  # the default since session 8: --zero_attn_out=false
     bound = 3**0.5 * 0.5 * hp.model_dim**-0.5
     for block in model.blocks:
         o = block.attn.qkvo[3].detach()
         assert o.abs().max() <= bound and o.std() == pytest.approx(bound / 3**0.5, rel=0.1)
-    assert all(not b.attn.qkvo[3].any() for b in tiny_model()[0].blocks)  # the default: zero
+    assert all(not b.attn.qkvo[3].any() for b in tiny_model(zero_attn_out=True)[0].blocks)
 
 
 def test_zero_initialized_output_projections_make_blocks_identity():
-    model, hp = tiny_model(sublayer_residual=False)
+    model, hp = tiny_model(sublayer_residual=False, zero_attn_out=True, paired_head_layers="")
     for block in model.blocks:
         assert torch.count_nonzero(block.attn.qkvo[3]) == 0 and torch.count_nonzero(block.mlp.proj) == 0
         x, x0 = torch.randn(2, 1, 16, hp.model_dim).unbind(0)
@@ -627,12 +630,13 @@ def test_logits_are_softcapped():
 def test_paired_head_blocks_attend_over_twice_the_positions():
     """Upstream's blocks 0, 2, 5, 9 pass its checks; only they are paired; the rotary table covers 2T positions; on
     CPU their mask is the dense (2T, 2T) one, in which 2t and 2t + 1 are one token's."""
-    hp = tg.parse_args(["--paired_head_layers=0,2,5,9", "--bigram_buckets=0"])
+    hp = tg.parse_args(["--bigram_buckets=0", "--bigram_signs=0"])
     with torch.device("meta"):  # no memory, no time: the record model's structure only
         model = tg.GPT(hp)
     assert [i for i, b in enumerate(model.blocks) if b.attn is not None and b.attn.paired] == [0, 2, 5, 9]
     assert model.rotary.cos.size(1) == 2 * hp.max_seq_len
-    assert tg.GPT(tg.parse_args(["--preset=tiny"])).rotary.cos.size(1) == tg.parse_args(["--preset=tiny"]).max_seq_len
+    unpaired = tg.parse_args(["--preset=tiny", "--paired_head_layers="])
+    assert tg.GPT(unpaired).rotary.cos.size(1) == unpaired.max_seq_len
     tokens = torch.tensor([tg.BOS_ID, 5, 6, tg.BOS_ID, 7])
     mask = tg.attention_mask(tokens, torch.tensor(3), paired=True)[0, 0]
     doc = [0, 0, 0, 0, 0, 0, 1, 1, 1, 1]  # positions 2t, 2t + 1 -> token t's document
@@ -736,11 +740,12 @@ def test_block_mask_from_document_blocks_equals_create_block_mask():
 
 def two_block_record_hp() -> tg.Hyperparameters:
     """The record model's widths in two blocks, so a GPU test compiles in seconds: a U-net and one tied value
-    embedding, XSA in block 1, as the tiny preset (two blocks hold neither the 3 -> 6 skip nor the attention-free
-    block 6)."""
+    embedding, XSA in block 1, paired heads in block 0, block 1 attending over block 0's output and the head backing
+    out part of it, as the tiny preset (two blocks hold neither the 3 -> 6 skip nor the attention-free block 6)."""
     return tg.Hyperparameters(num_layers=2, window_pattern="SL", skips="unet", no_attention_layers="",
                               value_embed_layers="", value_embed_gates=False, num_value_embeds=1, val_window_blocks="",
-                              xsa_layers="1", seq_lens="2048", lr_stage_muls="1.0")
+                              xsa_layers="1", paired_head_layers="0", backout_layer=0, attn_source=0, seq_lens="2048",
+                              lr_stage_muls="1.0")
 
 
 def test_two_block_record_hp_builds_on_cpu():
@@ -877,8 +882,8 @@ def test_fp8_head_matches_bf16_head_on_gpu(compile):
     check_fp8_head_against_bf16_head(results, loss_tol=2e-2, grad_tol=0.1)
 
 
-@pytest.mark.parametrize("flags", [{}, dict(key_offset=True, xsa_layers="0,1", value_embed_layers="0,1",
-                                            value_embed_gates=True),
+@pytest.mark.parametrize("flags", [{}, dict(key_offset=True, xsa_layers="0,1", paired_head_layers="",
+                                            value_embed_layers="0,1", value_embed_gates=True),
                                    dict(key_offset=False, xsa_layers="", paired_head_layers="0,1", num_heads=4,
                                         head_dim=16, backout_layer=0, bigram_signs=7, attn_source=0)])
 def test_no_logit_sees_a_later_token(monkeypatch, flags):

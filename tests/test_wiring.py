@@ -181,12 +181,12 @@ def test_muon_qk_head_pairs_gives_q_and_k_row_blocks_of_two_heads():
     blocks = {g["label"]: g["row_blocks"] for g in muon.param_groups}
     assert blocks == {"attn.qkvo": (2 * hp.head_dim, 2 * hp.head_dim, 0, 0), "attn.gate": (), "mlp.fc": (),
                       "mlp.proj": ()}
-    default = tg.parse_args(["--preset=tiny"])
-    muon, _ = tg.build_optimizers(tg.GPT(default), default, rank=0, world_size=1)
+    whole = tg.parse_args(["--preset=tiny", "--muon_qk_head_pairs=false"])
+    muon, _ = tg.build_optimizers(tg.GPT(whole), whole, rank=0, world_size=1)
     assert all(g["row_blocks"] == () for g in muon.param_groups)
     with pytest.raises(ValueError, match=r"--muon_qk_head_pairs=True: needs an even --num_heads, got 3"):
         tg.parse_args(["--preset=tiny", "--muon_qk_head_pairs=true", "--num_heads=3", "--head_dim=16",
-                       "--model_dim=48"])
+                       "--model_dim=48", "--paired_head_layers="])
 
 
 def test_the_backout_lambda_starts_at_one_half_among_the_scalars():
@@ -195,7 +195,7 @@ def test_the_backout_lambda_starts_at_one_half_among_the_scalars():
     _, adam = tg.build_optimizers(model, hp, rank=0, world_size=1)
     scalars = {g["label"]: g for g in adam.param_groups}["scalars"]["params"]
     assert any(p is model.backout_lambda for p in scalars) and model.backout_lambda.tolist() == [0.5]
-    assert not hasattr(tg.GPT(tg.parse_args(["--preset=tiny"])), "backout_lambda")  # off by default
+    assert not hasattr(tg.GPT(tg.parse_args(["--preset=tiny", "--backout_layer=-1"])), "backout_lambda")
 
 
 def test_the_smear_gate_is_trained_by_adam_with_its_own_lr_and_the_scalars_take_its_lambda():
