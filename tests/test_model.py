@@ -644,6 +644,15 @@ def test_paired_head_blocks_attend_over_twice_the_positions():
                                            for q in range(10)]))
 
 
+def test_the_record_model_is_built_on_its_device():
+    """build_model creates every parameter and buffer on the training device (meta here: no memory, no time), so a
+    GPU run initializes its ~2 GB of embeddings there instead of on the host and copying them."""
+    hp = tg.parse_args([])
+    model = tg.build_model(hp, torch.device("meta"), micro_steps=8)
+    assert {t.device.type for t in [*model.parameters(), *model.buffers()]} == {"meta"} and model.micro_steps == 8
+    tg.set_yarn(model, hp.num_iterations, hp)  # the rotary tables' frequencies stay on the CPU, as yarn_at's
+
+
 def test_parse_args_overrides_and_rejects_bad_flags():
     hp = tg.parse_args(["--preset=tiny", "--num_iterations=7", "--align_to_bos=false", "--muon_lr=0.5"])
     assert (hp.num_iterations, hp.align_to_bos, hp.muon_lr, hp.model_dim) == (7, False, 0.5, 64)
