@@ -644,6 +644,23 @@ def test_paired_head_blocks_attend_over_twice_the_positions():
                                            for q in range(10)]))
 
 
+def test_the_record_preset_has_the_six_tricks_session_8_measured():
+    """The proxy called backout, the sign table, paired heads, Q/K per head pair, the block-7 attention source and
+    uniform output projections together 0.045 better (records/_runs/2026-12-02_recipe): the record and proxy presets
+    build them, each wired (the record model on the meta device: structure only)."""
+    for preset in ("record", "proxy"):
+        hp = tg.parse_args([f"--preset={preset}"])
+        assert (hp.backout_layer, hp.bigram_signs, hp.paired_head_layers, hp.muon_qk_head_pairs, hp.attn_source,
+                hp.zero_attn_out) == (7, 8192, "0,2,5,9", True, 7, False)
+    with torch.device("meta"):
+        model = tg.GPT(tg.parse_args([]))
+    assert model.backout_layer == 7 and model.backout_lambda.shape == (1,) and model.attn_source == 7
+    assert model.bigram_signs.shape == (8192, 768)
+    assert [i for i, b in enumerate(model.blocks) if b.attn is not None and b.attn.paired] == [0, 2, 5, 9]
+    muon, _ = tg.build_optimizers(model, tg.parse_args([]), rank=0, world_size=1)
+    assert {g["label"]: g["row_blocks"] for g in muon.param_groups}["attn.qkvo"] == (256, 256, 0, 0)
+
+
 def test_the_record_model_is_built_on_its_device():
     """build_model creates every parameter and buffer on the training device (meta here: no memory, no time), so a
     GPU run initializes its ~2 GB of embeddings there instead of on the host and copying them."""
