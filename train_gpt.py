@@ -1498,8 +1498,10 @@ class GPT(nn.Module):
         if self.fp8_head and torch.is_grad_enabled():  # under no_grad, validation, the bf16 head: exact logits
             grad_scale = FP8_HEAD_GRAD_SCALE / (x.size(0) * self.micro_steps)
             logits = fp8_matmul(x, self.lm_head, FP8_HEAD_X_SCALE, FP8_HEAD_W_SCALE, grad_scale)
-        else:
+        elif on_gpu(x):
             logits = x @ self.lm_head.bfloat16()  # (T, V)
+        else:  # the CPU multiplies in fp32: one without bf16 units (AVX2) took 287 ms for a tiny-preset micro-step's
+            logits = x.float() @ self.lm_head  # bf16 head against 15 ms, most of its step; the loss reads fp32 anyway
         return softcap_cross_entropy(logits, targets, self.logit_cap, mtp_weights)
 
     def tie_gradients(self) -> None:
@@ -1774,8 +1776,8 @@ class Hyperparameters:
     embed_std: float = 0.005  # init std of the token embedding (and the tied LM head)
     value_embed_std: float = 0.01  # init std of the value embeddings
     bigram_buckets: int = 377_280  # rows of a hashed token-pair embedding added to each block's input (0: none)
-    # The next four and paired heads, Q/K per head pair: upstream's of 2026-01 to 2026-04, on the proxy together -0.045
-    # (records/_runs/2026-12-02_recipe, session 8); before 2026-12-02 all off
+    # These four, paired heads and Q/K per head pair (upstream's records of 2026-01 to 2026-04): on the proxy together
+    # -0.045 (records/_runs/2026-12-02_recipe, session 8), off before
     bigram_signs: int = 8192  # rows of a fixed ±1 table: each pair's bigram row times the row (prev XOR cur) mod N
     backout_layer: int = 7  # the head reads the last block's output minus λ times this block's (-1: none)
     attn_source: int = 7  # the blocks after this one attend over its output, not their own input (-1: none)

@@ -376,8 +376,8 @@ LAYOUTS = {"unet": (4, "SLSL", "unet", "", False, ""), "skips": (5, "SLSLS", "0:
 # layouts that also turn on the backout (from block 2, the one without attention), a 7-row bigram sign table,
 # paired heads in blocks 0 and 3 (4 heads: a slot pairs heads 0 and 2, 1 and 3), the later blocks attending over
 # block 0's output, and output projections that start uniform
-# The other layouts turn them off, though the tiny preset has them (in its blocks 0 and 1)
-SESSION8_OFF = dict(backout_layer=-1, bigram_signs=0, paired_head_layers="", attn_source=-1)
+# The other layouts turn off what the tiny preset has of session 8's tricks (in its blocks 0 and 1)
+SIX_TRICKS_OFF = dict(backout_layer=-1, bigram_signs=0, paired_head_layers="", attn_source=-1)
 BACKOUT_SIGNS = {"backout_signs": dict(backout_layer=2, bigram_signs=7, paired_head_layers="0,3", num_heads=4,
                                        head_dim=16, attn_source=0, zero_attn_out=False)}
 
@@ -410,7 +410,7 @@ def test_gpt_forward_matches_the_model_written_out(monkeypatch, logit_cap, bigra
                            window_blocks="1:1,1:2", val_window_blocks="1:3", value_embed_layers=value_embed_layers,
                            value_embed_gates=value_embed_gates, skips=skips, no_attention_layers=no_attention,
                            sublayer_residual=sublayer_residual, xsa_layers=xsa_layers, key_offset=key_offset,
-                           **BACKOUT_SIGNS.get(layout, SESSION8_OFF))
+                           **BACKOUT_SIGNS.get(layout, SIX_TRICKS_OFF))
     tg.set_yarn(model, hp.num_iterations, hp)
     if rope == "plain":
         freqs, scale_gain = plain_frequencies(hp.head_dim, hp.rope_base), 1.0
@@ -483,7 +483,7 @@ def test_layout_flags_reject_what_the_model_cannot_wire():
 def test_gpt_multi_token_loss_matches_the_model_written_out(monkeypatch):
     """GPT.forward with three weighted targets ahead against gpt_reference_loss; the weights change the loss."""
     monkeypatch.setattr(torch.Tensor, "bfloat16", lambda t: t.float())
-    model, hp = tiny_model(logit_cap="sigmoid:23,5,7.5", rope="plain", key_offset=False, xsa_layers="", **SESSION8_OFF)
+    model, hp = tiny_model(logit_cap="sigmoid:23,5,7.5", rope="plain", key_offset=False, xsa_layers="", **SIX_TRICKS_OFF)
     with torch.no_grad():
         for param in model.parameters():
             param.add_(0.3 * torch.randn(param.shape, generator=torch.Generator().manual_seed(9)))
