@@ -419,24 +419,53 @@ def test_fp8_matmul_definition_is_the_product_within_fp8_rounding():
     assert 0.05 < rel_err(dw, x.double().T @ grad.double()) < 0.07
 
 
-def check_fp8_matmul(x: torch.Tensor, w: torch.Tensor, grad: torch.Tensor, scales, tol: float, op=T.fp8_matmul):
-    """Output and gradients of the op, through autograd, against fp8_matmul_torch and fp8_matmul_backward_torch."""
+SIGMOID_CAP = T.LogitCap.parse("sigmoid:23,5,7.5")
+
+
+def test_softcap_cross_entropy_gradient_written_out_is_autograds():
+    """The FP8 head's backward computes the logits' gradient itself; its definition, against autograd through the
+    loss, with three weighted targets ahead (two past the end for the last rows) and a loss gradient not 1."""
+    g = torch.Generator().manual_seed(3)
+    logits = (torch.randn(40, 30, generator=g) * 4).double()
+    targets, weights = torch.randint(0, 30, (40,), generator=g), torch.tensor([1.0, 0.5, 0.25], dtype=torch.float64)
+    leaf = logits.clone().requires_grad_()
+    T.softcap_cross_entropy_torch(leaf, targets, SIGMOID_CAP, weights).backward(torch.tensor(0.7, dtype=torch.float64))
+    got = T.softcap_cross_entropy_grad_torch(torch.tensor(0.7), logits, targets, weights, SIGMOID_CAP)
+    assert got.dtype == torch.float32 and rel_err(got, leaf.grad) < 1e-6
+
+
+def head_reference(x, w, targets, weights, scales):
+    """The FP8 head's loss and (dx, dw) by the torch definitions: the capped cross-entropy of the FP8 product, and
+    the logits' fp32 gradient of a unit loss gradient through fp8_matmul_backward_torch, which rounds it once."""
+    x_scale, w_scale, grad_scale = scales
+    logits = T.fp8_matmul_torch(x, w, x_scale, w_scale)
+    grad = T.softcap_cross_entropy_grad_torch(torch.ones(()), logits, targets, weights, SIGMOID_CAP)
+    return (T.softcap_cross_entropy_torch(logits, targets, SIGMOID_CAP, weights),
+            T.fp8_matmul_backward_torch(grad, x, w, x_scale, w_scale, grad_scale))
+
+
+def check_fp8_head(x, w, scales, tol: float, op=T.fp8_head_cross_entropy):
+    """Loss and gradients of the op, through autograd, against head_reference, with multi-token weights."""
+    targets = torch.randint(0, w.size(1), (x.size(0),), generator=torch.Generator().manual_seed(1)).to(x.device)
+    weights = torch.tensor([1.0, 0.5, 0.25], device=x.device)
     inputs = [x.clone().requires_grad_(), w.clone().requires_grad_()]
-    out = op(*inputs, *scales)
-    out.backward(grad)
-    assert out.dtype == x.dtype and rel_err(out, T.fp8_matmul_torch(x, w, *scales[:2])) < tol
-    for got, want in zip(inputs, T.fp8_matmul_backward_torch(grad, x, w, *scales)):
+    loss = op(*inputs, targets, SIGMOID_CAP, weights, *scales)
+    loss.backward()
+    want_loss, want_grads = head_reference(x, w, targets, weights, scales)
+    assert loss.dtype == torch.float32 and abs(loss.item() - want_loss.item()) < tol * want_loss.item()
+    for got, want in zip(inputs, want_grads):
         assert got.grad.dtype == got.dtype and rel_err(got.grad, want) < tol
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-6), (torch.bfloat16, 4e-3)])
-def test_fp8_matmul_matches_its_definition(dtype, tol):
+def test_fp8_head_matches_its_definition(dtype, tol):
     """torch._scaled_mm runs on CPU too: the op's rounding, scales, transposes and gradient routing, to fp32
-    accumulation order (and the bf16 rounding of the output and dx)."""
-    check_fp8_matmul(*head_inputs(48, 32, 80, dtype), tol=tol)
+    accumulation order (and the bf16 rounding of the logits and dx)."""
+    x, w, _, scales = head_inputs(48, 32, 80, dtype)
+    check_fp8_head(x, w, scales, tol=tol)
 
 
-def test_fp8_matmul_hands_scaled_mm_the_layouts_cuda_needs(monkeypatch):
+def test_fp8_head_hands_scaled_mm_the_layouts_cuda_needs(monkeypatch):
     """On CUDA _scaled_mm wants its first operand row-major, its second column-major, and never two e5m2 operands;
     the CPU accepts anything, so each call is checked here: operand formats and layouts, scales, accumulation."""
     calls, scaled_mm = [], torch._scaled_mm
@@ -447,8 +476,8 @@ def test_fp8_matmul_hands_scaled_mm_the_layouts_cuda_needs(monkeypatch):
         return scaled_mm(a, b, scale_a=scale_a, scale_b=scale_b, out_dtype=out_dtype, use_fast_accum=use_fast_accum)
 
     monkeypatch.setattr(torch, "_scaled_mm", recording)
-    x, w, grad, (xs, ws, gs) = head_inputs(48, 32, 80, torch.bfloat16)
-    check_fp8_matmul(x, w, grad, (xs, ws, gs), tol=4e-3)
+    x, w, _, (xs, ws, gs) = head_inputs(48, 32, 80, torch.bfloat16)
+    check_fp8_head(x, w, (xs, ws, gs), tol=4e-3)
     e4m3, e5m2 = torch.float8_e4m3fn, torch.float8_e5m2
     f32 = lambda s: torch.tensor(s, dtype=torch.float32).item()
     assert calls == [(e4m3, e4m3, True, True, f32(xs), f32(ws), torch.bfloat16, True),  # x̂·ŵ
@@ -456,17 +485,73 @@ def test_fp8_matmul_hands_scaled_mm_the_layouts_cuda_needs(monkeypatch):
                      (e4m3, e5m2, True, True, f32(xs), f32(gs), torch.float32, False)]  # dw = x̂ᵀ·ĝ
 
 
-def test_fp8_matmul_traces_under_torch_compile():
+def test_fp8_head_traces_under_torch_compile():
     """The op's fake and autograd registrations: one whole graph calls it and its backward, same numbers."""
-    compiled = torch.compile(lambda *a: T.fp8_matmul(*a) * 1.0, backend="aot_eager", fullgraph=True)
-    check_fp8_matmul(*head_inputs(32, 16, 48), tol=1e-6, op=compiled)
+    compiled = torch.compile(lambda *a: T.fp8_head_cross_entropy(*a) * 1.0, backend="aot_eager", fullgraph=True)
+    x, w, _, scales = head_inputs(32, 16, 48)
+    check_fp8_head(x, w, scales, tol=1e-6, op=compiled)
+
+
+@pytest.mark.parametrize("K", [1, 3])
+def test_fp8_gradient_kernels_write_the_rounded_gradient_in_both_layouts(K):
+    """The FP8 head's backward kernels against the written-out gradient: multi-token weights with targets past the
+    end, the scale, the transposed copy bit for bit. Triton's interpreter rounds to FP8 as torch does, except where
+    rounding up carries into the next power of two: it keeps the old exponent and gives half the value. Only those
+    may differ from torch's rounding here; the GPU test checks the rounding on the device."""
+    g = torch.Generator().manual_seed(5)
+    logits = (torch.randn(72, 150, generator=g) * 3).bfloat16()
+    targets, weights = torch.randint(0, 150, (72,), generator=g), torch.tensor([1.0, 0.5, 0.25][:K])
+    lse = T.softcap(logits.float(), SIGMOID_CAP).logsumexp(-1)
+    grad_scale = T.FP8_HEAD_GRAD_SCALE / 72
+    g8, g8t = T.softcap_ce_fp8_grad_triton(torch.tensor(0.8), logits, targets, weights, lse, SIGMOID_CAP, grad_scale,
+                                           fast_tanh=False)
+    want = T.softcap_cross_entropy_grad_torch(torch.tensor(0.8), logits, targets, weights, SIGMOID_CAP)
+    assert g8.dtype == g8t.dtype == torch.float8_e5m2 and g8.shape == (72, 150) and g8t.shape == (150, 72)
+    assert g8.is_contiguous() and g8t.is_contiguous()
+    assert torch.equal(g8t.view(torch.uint8), g8.T.contiguous().view(torch.uint8))
+    got, rounded = g8.float(), T.fp8_quantize_torch(want, grad_scale, torch.float8_e5m2).float()
+    carried = (got == rounded / 2) & (torch.frexp(rounded).mantissa.abs() == 0.5)
+    assert torch.all((got == rounded) | carried) and carried.float().mean() < 0.1
+
+
+def test_byte_transpose_packs_four_rows_a_word():
+    """Ragged tiles in both dimensions (68 rows: 17 words, tiles of 32 x 64), every byte value, bit for bit; rows
+    not a multiple of 4 are refused."""
+    x = torch.randint(0, 256, (68, 150), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+    y = T.byte_transpose_triton(x.view(torch.float8_e5m2), block_m=32, block_n=64)
+    assert y.dtype == torch.float8_e5m2 and y.is_contiguous() and torch.equal(y.view(torch.uint8), x.T)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        T.byte_transpose_triton(x[:66])
 
 
 @pytest.mark.gpu
-def test_fp8_matmul_matches_its_definition_on_gpu():
-    """At the record's head shape on FP8 tensor cores; the forward accumulates with fewer bits (fast accumulation)
-    and every output is bf16, hence 1e-2, still well under the ~4% the FP8 rounding itself costs."""
-    check_fp8_matmul(*head_inputs(4096, 768, 50304, torch.bfloat16, device="cuda"), tol=1e-2)
+def test_fp8_gradient_kernel_rounds_as_torch_on_gpu():
+    """At the record's micro-step shape (T·V = 2.5e9: offsets past int32), exact tanh: the kernel's e5m2 bytes are
+    torch's rounding of the written-out fp32 gradient, but for the few that lie within the two computations'
+    rounding (exp, the reciprocal's product against a division) of a rounding boundary."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    T_, V = 49152, 50304
+    logits = (torch.randn(T_, V, device="cuda", generator=g) * 3).bfloat16()
+    targets = torch.randint(0, V, (T_,), device="cuda", generator=g)
+    weights = torch.tensor([1.0, 0.5, 0.25], device="cuda")
+    lse = T.softcap(logits.float(), SIGMOID_CAP).logsumexp(-1)
+    grad_scale = T.FP8_HEAD_GRAD_SCALE / T_
+    g8, g8t = T.softcap_ce_fp8_grad_triton(torch.tensor(1.0, device="cuda"), logits, targets, weights, lse,
+                                           SIGMOID_CAP, grad_scale, fast_tanh=False)
+    want = T.fp8_quantize_torch(T.softcap_cross_entropy_grad_torch(torch.tensor(1.0, device="cuda"), logits, targets,
+                                                                   weights, SIGMOID_CAP), grad_scale, torch.float8_e5m2)
+    differ = (g8.view(torch.uint8) != want.view(torch.uint8)).float().mean().item()
+    assert differ < 1e-3, differ
+    assert torch.equal(g8t.view(torch.uint8), g8.view(torch.uint8).T)
+
+
+@pytest.mark.gpu
+def test_fp8_head_matches_its_definition_on_gpu():
+    """At the record's head shape on FP8 tensor cores; the forward accumulates with fewer bits (fast accumulation),
+    the kernels use the approximate tanh and every output is bf16, hence 1e-2, still well under the ~4% the FP8
+    rounding itself costs."""
+    x, w, _, scales = head_inputs(4096, 768, 50304, torch.bfloat16, device="cuda")
+    check_fp8_head(x, w, scales, tol=1e-2)
 
 
 @pytest.mark.parametrize("src, scale", [(torch.float32, 0.37), (torch.bfloat16, 0.25)])

@@ -848,7 +848,8 @@ def test_compiled_model_with_key_offset_matches_eager_on_gpu():
     compiled_against_eager_on_gpu(hp, 1, key_offset=False)
 
 
-def head_run(hp, fp8_head: bool, tokens: torch.Tensor, windows: dict, micro_steps: int = 1, compile: bool = False):
+def head_run(hp, fp8_head: bool, tokens: torch.Tensor, windows: dict, micro_steps: int = 1, compile: bool = False,
+             mtp_weights: torch.Tensor | None = None):
     """From a fixed init whose logits are a few units, so the loss depends on them: the loss under no_grad, then one
     micro-step of `micro_steps` (the loss divided by them, as train_step does) -> (validation loss, training loss,
     gradients of the head, the embedding and the first fc)."""
@@ -862,7 +863,7 @@ def head_run(hp, fp8_head: bool, tokens: torch.Tensor, windows: dict, micro_step
     inputs, targets = tokens[:-1].int(), tokens[1:].long()
     with torch.no_grad():
         val_loss = forward(inputs, targets, windows).item()
-    loss = forward(inputs, targets, windows)
+    loss = forward(inputs, targets, windows, mtp_weights)
     (loss / micro_steps).backward()
     return val_loss, loss.item(), {n: p.grad.float() for n, p in model.named_parameters()
                                    if n in ("lm_head", "embed.weight", "blocks.0.mlp.fc")}
@@ -879,17 +880,19 @@ def check_fp8_head_against_bf16_head(results, loss_tol: float, grad_tol: float):
 
 
 def test_fp8_head_trains_on_the_fp8_product_and_validates_on_the_bf16_one(monkeypatch):
-    """--fp8_head: while autograd records, the head is fp8_matmul of the normed residual and the (D, V) weight with
-    the head's scales, its gradient scale per token of the loss (a mean over T tokens, divided by micro-steps), and
-    the loss and gradients stay near the bf16 head's; under no_grad the loss is exactly the bf16 head's."""
+    """--fp8_head: while autograd records, the head and its loss are fp8_head_cross_entropy of the normed residual
+    and the (D, V) weight with the model's cap, the head's scales, its gradient scale per token of the loss (a mean
+    over T tokens, divided by micro-steps), and the loss and gradients stay near the bf16 head's; under no_grad the
+    loss is exactly the bf16 head's."""
     hp = tg.parse_args(["--preset=tiny"])
     tokens, windows = random_documents(129, seed=3), {"S": torch.tensor(64), "L": torch.tensor(128)}
-    calls, fp8_matmul = [], tg.fp8_matmul
-    monkeypatch.setattr(tg, "fp8_matmul", lambda x, w, *scales: calls.append((x.shape, w.shape, scales))
-                        or fp8_matmul(x, w, *scales))
-    results = [head_run(hp, fp8, tokens, windows, micro_steps=4) for fp8 in (False, True)]
-    assert calls == [((128, 64), (64, 50304), (tg.FP8_HEAD_X_SCALE, tg.FP8_HEAD_W_SCALE,
-                                                tg.FP8_HEAD_GRAD_SCALE / (128 * 4)))]
+    calls, fp8_head, mtp_weights = [], tg.fp8_head_cross_entropy, torch.tensor([1.0, 0.5])
+    monkeypatch.setattr(tg, "fp8_head_cross_entropy", lambda x, w, targets, cap, weights, *scales:
+                        calls.append((x.shape, w.shape, cap, weights, scales))
+                        or fp8_head(x, w, targets, cap, weights, *scales))
+    results = [head_run(hp, fp8, tokens, windows, micro_steps=4, mtp_weights=mtp_weights) for fp8 in (False, True)]
+    assert calls == [((128, 64), (64, 50304), tg.LogitCap.parse(hp.logit_cap), mtp_weights,
+                      (tg.FP8_HEAD_X_SCALE, tg.FP8_HEAD_W_SCALE, tg.FP8_HEAD_GRAD_SCALE / (128 * 4)))]
     assert results[0][0] == results[1][0]
     check_fp8_head_against_bf16_head(results, loss_tol=2e-2, grad_tol=0.1)
 

@@ -3,11 +3,11 @@
 # and --fp8_head=true, on call 1's compile cache.
 source records/_runs/2026-12-02_speed/s9/lib.sh
 load_cache
-PYTHONPATH=. timeout 120 python3 records/_runs/2026-12-02_speed/s9/fp8_grad_micro3.py > $OUT/micro3.txt 2>&1
+PYTHONPATH=. timeout 75 python3 records/_runs/2026-12-02_speed/s9/fp8_grad_micro3.py > $OUT/micro3.txt 2>&1
 echo "micro3 rc=$? at $(now) s"; grep -E "^info:micro" $OUT/micro3.txt; grep -v "^info" $OUT/micro3.txt | tail -3
 TORCHINDUCTOR_CACHE_DIR=/tmp/cc/inductor TRITON_CACHE_DIR=/tmp/cc/triton timeout 200 python3 -m pytest -q -m gpu tests/test_kernels.py tests/test_model.py -k "fp8 or byte" > $OUT/gpu_tests.txt 2>&1
 echo "gpu tests rc=$? at $(now) s: $(tail -1 $OUT/gpu_tests.txt)"; grep -E "^(FAILED|ERROR)" $OUT/gpu_tests.txt | head
-TOP=12 LIMIT=150 bench bf16
+TORCH_LOGS=recompiles TOP=12 LIMIT=150 bench bf16
 TOP=25 LIMIT=200 bench fp8 --fp8_head=true --bench_trace=/tmp/fp8_trace.json.gz
 save_cache
 finish
