@@ -661,6 +661,13 @@ def test_the_record_preset_has_the_six_tricks_session_8_measured():
     assert {g["label"]: g["row_blocks"] for g in muon.param_groups}["attn.qkvo"] == (256, 256, 0, 0)
 
 
+def test_the_record_and_proxy_presets_train_the_fp8_head_and_the_tiny_one_the_bf16_head():
+    """Upstream's FP8 head, level with bf16 on the proxy and 53 ms faster a record step on one H200
+    (records/_runs/2026-12-02_speed, session 9), is on where the run is on a GPU; the tiny preset runs on CPUs."""
+    assert [tg.parse_args([f"--preset={p}"]).fp8_head for p in ("record", "proxy", "tiny")] == [True, True, False]
+    assert tg.parse_args(["--fp8_head=false"]).fp8_head is False
+
+
 def test_the_record_model_is_built_on_its_device():
     """build_model creates every parameter and buffer on the training device (meta here: no memory, no time), so a
     GPU run initializes its ~2 GB of embeddings there instead of on the host and copying them."""

@@ -162,7 +162,7 @@ def test_fp8_head_on_a_cpu_is_refused_before_training(shards, tmp_path, monkeypa
     assert tg.main(tiny_args(shards, tmp_path, "fp8cpu", "--fp8_head=true")) == 1
     assert (tmp_path / "fp8cpu.txt").read_text().splitlines()[-1] == (
         "error:--fp8_head=True needs a CUDA GPU of compute capability 8.9 or newer (FP8 tensor cores); "
-        "this run's device has a CPU")
+        "this run's device has a CPU (--fp8_head=false: the bf16 head)")
 
 
 @pytest.mark.parametrize("capability, refused", [((8, 0), True), ((8, 6), True), ((8, 9), False), ((9, 0), False)])
