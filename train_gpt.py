@@ -697,7 +697,7 @@ def _byte_transpose_kernel(X, YW, m, n, BLOCK_M: tl.constexpr, BLOCK_N: tl.const
     """X: (m, n) bytes -> Xᵀ: (n, m), written as YW: (n, m / 4) 32-bit words, word (c, i) holding rows 4i..4i+3 of
     column c, row 4i + j in byte j (little-endian). The tile is read as four row-interleaved sub-tiles that share
     one register layout, so packing is a shift and an or, and the transpose moves a quarter as many elements, 4
-    bytes each: a byte-wise transpose of FP8 tiles ran at a third of the memory's rate on an H200, this at ~90%
+    bytes each: on an H200 this ran at 3.6 TB/s, the quantize kernel's byte-wise transposed store at 1.1 TB/s
     (session 9). int64 offsets: m·n passes 2^31."""
     pid = tl.program_id(0)
     blocks_n = tl.cdiv(n, BLOCK_N)
