@@ -275,6 +275,13 @@ def softcap(logits: torch.Tensor, cap: LogitCap) -> torch.Tensor:
     return cap.scale * torch.tanh((logits + cap.shift) / cap.width) + cap.offset
 
 
+def targets_ahead(targets: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """targets: (T,) -> ((T, K) targets[t + k], padded with 0 past the end; (T, K) bool: t + k inside the sequence)."""
+    T = targets.numel()
+    ahead = F.pad(targets, (0, K - 1)).unfold(0, K, 1)
+    return ahead, torch.arange(T, device=targets.device)[:, None] + torch.arange(K, device=targets.device) < T
+
+
 def softcap_cross_entropy_torch(logits: torch.Tensor, targets: torch.Tensor, cap: LogitCap,
                                 weights: torch.Tensor | None = None) -> torch.Tensor:
     """logits: (T, V), targets: (T,) int64 -> fp32 scalar: the mean cross-entropy of softcap(logits). With weights:
@@ -283,9 +290,8 @@ def softcap_cross_entropy_torch(logits: torch.Tensor, targets: torch.Tensor, cap
     z = softcap(logits.float(), cap)
     if weights is None:
         return F.cross_entropy(z, targets)
-    T, K = targets.numel(), weights.numel()
-    ahead = F.pad(targets, (0, K - 1)).unfold(0, K, 1)  # (T, K): targets[t + k], padding past the end
-    inside = torch.arange(T, device=z.device)[:, None] + torch.arange(K, device=z.device) < T  # (T, K)
+    T = targets.numel()
+    ahead, inside = targets_ahead(targets, weights.numel())
     losses = z.logsumexp(-1, keepdim=True) - z.gather(1, ahead)  # (T, K)
     return (losses * weights).masked_fill(~inside, 0.0).sum() / T
 
@@ -682,10 +688,9 @@ def softcap_cross_entropy_grad_torch(grad_loss: torch.Tensor, logits: torch.Tens
     """The gradient of softcap_cross_entropy_torch's loss (times grad_loss) with respect to the logits, written out:
     grad_loss / T · (softmax(z)·Σ_k w_k - Σ_k w_k·onehot(targets[t + k])) · scale / width · (1 - tanh²), with
     z = softcap(logits) and w_k zero past the sequence's end -> (T, V) fp32."""
-    T, K = targets.numel(), weights.numel()
+    T = targets.numel()
     t = torch.tanh((logits.float() + cap.shift) / cap.width)
-    ahead = F.pad(targets, (0, K - 1)).unfold(0, K, 1)  # (T, K): targets[t + k], padding past the end
-    inside = torch.arange(T, device=logits.device)[:, None] + torch.arange(K, device=logits.device) < T
+    ahead, inside = targets_ahead(targets, weights.numel())
     w = weights.float() * inside  # (T, K)
     d = torch.softmax(cap.scale * t + cap.offset, dim=-1) * w.sum(1, keepdim=True)
     d.scatter_add_(1, ahead, -w)
