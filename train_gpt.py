@@ -593,11 +593,41 @@ def fp8_dequantize(t: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.T
 
 
 @triton.jit
-def _fp8_quantize_kernel(X, Y, YT, m, n, stride_xr, stride_xc, scale, TRANSPOSE: tl.constexpr,
-                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """X: (m, n), any float dtype -> Y: (m, n) = X / scale in Y's FP8 dtype (an exactly rounded fp32 division, then
-    to nearest even, saturating on the GPU), and if TRANSPOSE, YT: (n, m) = Yᵀ from the same tile: one read of X
-    for both layouts that torch._scaled_mm asks for. Y and YT contiguous; int64 offsets, as T·V passes 2^31."""
+def _byte_transpose_kernel(X, YW, m, n, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """X: (m, n) bytes -> Xᵀ: (n, m), written as YW: (n, m / 4) 32-bit words, word (c, i) holding rows 4i..4i+3 of
+    column c, row 4i + j in byte j (little-endian). The tile is read as four row-interleaved sub-tiles that share
+    one register layout, so packing is a shift and an or, and the transpose moves a quarter as many elements, 4
+    bytes each: on an H200 this ran at 3.6 TB/s, a byte-wise transposed store (the quantize kernel's, until
+    session 10) at 1.1 TB/s (session 9). int64 offsets: m·n passes 2^31."""
+    pid = tl.program_id(0)
+    blocks_n = tl.cdiv(n, BLOCK_N)
+    words = ((pid // blocks_n) * (BLOCK_M // 4) + tl.arange(0, BLOCK_M // 4)).to(tl.int64)
+    cols = ((pid % blocks_n) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    packed = tl.zeros((BLOCK_M // 4, BLOCK_N), dtype=tl.uint32)
+    for j in tl.static_range(4):
+        rows = words * 4 + j
+        byte = tl.load(X + rows[:, None] * n + cols[None, :], mask=(rows[:, None] < m) & (cols[None, :] < n), other=0)
+        packed |= byte.to(tl.uint32) << (8 * j)
+    tl.store(YW + cols[:, None] * (m // 4) + words[None, :], tl.trans(packed),
+             mask=(cols[:, None] < n) & (words[None, :] < m // 4))
+
+
+def byte_transpose_triton(x: torch.Tensor, block_m: int = 128, block_n: int = 128) -> torch.Tensor:
+    """x: (m, n) contiguous, 1-byte dtype, m a multiple of 4 -> xᵀ contiguous, same dtype."""
+    m, n = x.shape
+    if m % 4 or not x.is_contiguous() or x.element_size() != 1:
+        raise ValueError(f"byte_transpose: {tuple(x.shape)} {x.dtype}: needs contiguous bytes and rows a multiple of 4")
+    y = x.new_empty((n, m))
+    grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)
+    _byte_transpose_kernel[grid](x.view(torch.uint8), y.view(torch.int32), m, n, BLOCK_M=block_m, BLOCK_N=block_n,
+                                 num_warps=8)
+    return y
+
+
+@triton.jit
+def _fp8_quantize_kernel(X, Y, m, n, stride_xr, stride_xc, scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """X: (m, n), any float dtype -> Y: (m, n) contiguous = X / scale in Y's FP8 dtype (an exactly rounded fp32
+    division, then to nearest even, saturating on the GPU). int64 offsets, as T·V passes 2^31."""
     pid = tl.program_id(0)
     blocks_n = tl.cdiv(n, BLOCK_N)
     rows = ((pid // blocks_n) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
@@ -606,23 +636,21 @@ def _fp8_quantize_kernel(X, Y, YT, m, n, stride_xr, stride_xc, scale, TRANSPOSE:
                 mask=(rows[:, None] < m) & (cols[None, :] < n), other=0.0)
     y = tl.math.div_rn(x.to(tl.float32), scale).to(Y.dtype.element_ty)
     tl.store(Y + rows[:, None] * n + cols[None, :], y, mask=(rows[:, None] < m) & (cols[None, :] < n))
-    if TRANSPOSE:
-        tl.store(YT + cols[:, None] * m + rows[None, :], tl.trans(y), mask=(cols[:, None] < n) & (rows[None, :] < m))
 
 
 def fp8_quantize_triton(t: torch.Tensor, scale: float, dtype: torch.dtype, transpose: bool,
                         block: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """fp8_quantize_torch of t: (m, n) in one pass -> (the (m, n) result, and if transpose its (n, m) transpose),
-    both contiguous."""
+    """fp8_quantize_torch of t: (m, n) -> (the (m, n) result, and if transpose its (n, m) transpose by
+    byte_transpose_triton, m then a multiple of 4), both contiguous. With the transposed copy written by the quantize
+    kernel itself, byte by byte, the head's x took 147 us and its w 152; through byte_transpose 71 and 72 (H200,
+    session 10)."""
     m, n = t.shape
     y = t.new_empty((m, n), dtype=dtype)
-    yt = t.new_empty((n, m), dtype=dtype) if transpose else None
-    block = block or 128  # 128-byte rows of FP8 in both layouts; not tuned on a GPU yet
+    block = block or 128  # 128-byte rows of FP8; not tuned on a GPU yet
     grid = (triton.cdiv(m, block) * triton.cdiv(n, block),)
     if grid[0]:
-        _fp8_quantize_kernel[grid](t, y, y if yt is None else yt, m, n, *t.stride(), scale, TRANSPOSE=transpose,
-                                   BLOCK_M=block, BLOCK_N=block, num_warps=8)
-    return y, yt
+        _fp8_quantize_kernel[grid](t, y, m, n, *t.stride(), scale, BLOCK_M=block, BLOCK_N=block, num_warps=8)
+    return y, byte_transpose_triton(y) if transpose else None
 
 
 def fp8_quantize(t: torch.Tensor, scale: float, dtype: torch.dtype,
@@ -695,38 +723,6 @@ def softcap_cross_entropy_grad_torch(grad_loss: torch.Tensor, logits: torch.Tens
     d = torch.softmax(cap.scale * t + cap.offset, dim=-1) * w.sum(1, keepdim=True)
     d.scatter_add_(1, ahead, -w)
     return grad_loss.float() / T * d * (cap.scale / cap.width) * (1 - t * t)
-
-
-@triton.jit
-def _byte_transpose_kernel(X, YW, m, n, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """X: (m, n) bytes -> Xᵀ: (n, m), written as YW: (n, m / 4) 32-bit words, word (c, i) holding rows 4i..4i+3 of
-    column c, row 4i + j in byte j (little-endian). The tile is read as four row-interleaved sub-tiles that share
-    one register layout, so packing is a shift and an or, and the transpose moves a quarter as many elements, 4
-    bytes each: on an H200 this ran at 3.6 TB/s, the quantize kernel's byte-wise transposed store at 1.1 TB/s
-    (session 9). int64 offsets: m·n passes 2^31."""
-    pid = tl.program_id(0)
-    blocks_n = tl.cdiv(n, BLOCK_N)
-    words = ((pid // blocks_n) * (BLOCK_M // 4) + tl.arange(0, BLOCK_M // 4)).to(tl.int64)
-    cols = ((pid % blocks_n) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
-    packed = tl.zeros((BLOCK_M // 4, BLOCK_N), dtype=tl.uint32)
-    for j in tl.static_range(4):
-        rows = words * 4 + j
-        byte = tl.load(X + rows[:, None] * n + cols[None, :], mask=(rows[:, None] < m) & (cols[None, :] < n), other=0)
-        packed |= byte.to(tl.uint32) << (8 * j)
-    tl.store(YW + cols[:, None] * (m // 4) + words[None, :], tl.trans(packed),
-             mask=(cols[:, None] < n) & (words[None, :] < m // 4))
-
-
-def byte_transpose_triton(x: torch.Tensor, block_m: int = 128, block_n: int = 128) -> torch.Tensor:
-    """x: (m, n) contiguous, 1-byte dtype, m a multiple of 4 -> xᵀ contiguous, same dtype."""
-    m, n = x.shape
-    if m % 4 or not x.is_contiguous() or x.element_size() != 1:
-        raise ValueError(f"byte_transpose: {tuple(x.shape)} {x.dtype}: needs contiguous bytes and rows a multiple of 4")
-    y = x.new_empty((n, m))
-    grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)
-    _byte_transpose_kernel[grid](x.view(torch.uint8), y.view(torch.int32), m, n, BLOCK_M=block_m, BLOCK_N=block_n,
-                                 num_warps=8)
-    return y
 
 
 def softcap_ce_fp8_grad_triton(grad_loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
