@@ -333,32 +333,38 @@ def _softcap_ce_forward_kernel(L, targets, weights, lse, losses, T, V, stride_l,
 
 
 @triton.jit
+def _softcap_ce_grad(x, row_lse, weight_sum, hits, g, shift, width, scale, offset, FAST_TANH: tl.constexpr):
+    """The capped cross-entropy's gradient at logits x (fp32): g · (softmax(z)·Σ_k w_k - hits) · (1 - tanh²), z =
+    softcap(x), with the rows' lse and Σ_k w_k broadcast against x and hits = Σ_k w_k·onehot(targets ahead)."""
+    t = _tanh((x + shift) / width, FAST_TANH)
+    return g * (tl.exp(scale * t + offset - row_lse) * weight_sum - hits) * (1 - t * t)
+
+
+@triton.jit
 def _softcap_ce_backward_kernel(L, G, targets, weights, lse, grad_loss, T, V, stride_l, stride_g, inv_T, shift,
-                                width, scale, offset, out_scale, K: tl.constexpr, BLOCK_V: tl.constexpr,
+                                width, scale, offset, K: tl.constexpr, BLOCK_V: tl.constexpr,
                                 FAST_TANH: tl.constexpr):
     """G[row] = grad_loss / T · (softmax(z)·Σ_k w_k - Σ_k w_k·onehot(targets[row + k])) · scale / width ·
-    (1 - tanh²) · out_scale, z = softcap(L), w_k = weights[k] for the targets inside the sequence and 0 past its
-    end, in G's dtype: bf16 with out_scale 1 (an exact product), or the FP8 head's e5m2 on its gradient's grid."""
+    (1 - tanh²), z = softcap(L), w_k = weights[k] for the targets inside the sequence and 0 past its end, in G's
+    dtype (bf16: the product is exact)."""
     row = tl.program_id(0).to(tl.int64)
     row_lse = tl.load(lse + row)
     weight_sum = 0.0
     for k in tl.static_range(K):
         weight_sum += tl.where(row + k < T, tl.load(weights + k), 0.0)
-    g = tl.load(grad_loss).to(tl.float32) * inv_T * (scale / width) * out_scale
+    g = tl.load(grad_loss).to(tl.float32) * inv_T * (scale / width)
     for start in range(0, V, BLOCK_V):
         cols = start + tl.arange(0, BLOCK_V)
         x = tl.load(L + row * stride_l + cols, mask=cols < V, other=0.0).to(tl.float32)
-        t = _tanh((x + shift) / width, FAST_TANH)
         hits = tl.zeros((BLOCK_V,), dtype=tl.float32)
         for k in tl.static_range(K):  # -1 past the end matches no column
             target = tl.load(targets + row + k, mask=row + k < T, other=-1)
             hits += tl.where(cols == target, tl.load(weights + k), 0.0)
-        d = tl.exp(scale * t + offset - row_lse) * weight_sum - hits
-        tl.store(G + row * stride_g + cols, (g * d * (1 - t * t)).to(G.dtype.element_ty), mask=cols < V)
+        d = _softcap_ce_grad(x, row_lse, weight_sum, hits, g, shift, width, scale, offset, FAST_TANH)
+        tl.store(G + row * stride_g + cols, d.to(G.dtype.element_ty), mask=cols < V)
 
 
 CE_BLOCK_V = 2048  # vocabulary columns per loop iteration of the cross-entropy kernels
-CE_BLOCK_V_FP8 = 4096  # the backward writing e5m2: 3.5 ms at 4096 against 3.8 at 2048 (H200, T = 49152)
 
 
 @torch.library.custom_op("train_gpt::softcap_cross_entropy", mutates_args=())
@@ -392,7 +398,7 @@ def softcap_cross_entropy_backward(grad_loss: torch.Tensor, logits: torch.Tensor
     T, V = logits.shape
     grad = torch.empty_like(logits)
     _softcap_ce_backward_kernel[(T,)](logits, grad, targets, weights, lse, grad_loss.contiguous(), T, V,
-                                      logits.stride(0), grad.stride(0), 1.0 / T, shift, width, scale, offset, 1.0,
+                                      logits.stride(0), grad.stride(0), 1.0 / T, shift, width, scale, offset,
                                       K=weights.numel(), BLOCK_V=CE_BLOCK_V, FAST_TANH=fast_tanh, num_warps=8)
     return grad
 
@@ -725,19 +731,96 @@ def softcap_cross_entropy_grad_torch(grad_loss: torch.Tensor, logits: torch.Tens
     return grad_loss.float() / T * d * (cap.scale / cap.width) * (1 - t * t)
 
 
+@triton.jit
+def _pack_e5m2x4(a, b, c, d, PTX: tl.constexpr):
+    """Four fp32 tensors -> uint32 words of their float8_e5m2 roundings (to nearest even, saturating), a in byte 0
+    ... d in byte 3. On the GPU by the conversion instruction that writes two bytes from two floats (the first
+    operand to the upper byte; Hopper and Ada): a tile of FP8 values bitcast to bytes there packed a third of its
+    words wrong (session 9). Triton's interpreter has no PTX and bitcasts correctly."""
+    if PTX:
+        return tl.inline_asm_elementwise(
+            "{ .reg .b16 lo, hi; cvt.rn.satfinite.e5m2x2.f32 lo, $2, $1; cvt.rn.satfinite.e5m2x2.f32 hi, $4, $3; "
+            "mov.b32 $0, {lo, hi}; }", "=r,f,f,f,f", [a, b, c, d], dtype=tl.uint32, is_pure=True, pack=1)
+    words = a.to(tl.float8e5).to(tl.uint8, bitcast=True).to(tl.uint32)
+    words |= b.to(tl.float8e5).to(tl.uint8, bitcast=True).to(tl.uint32) << 8
+    words |= c.to(tl.float8e5).to(tl.uint8, bitcast=True).to(tl.uint32) << 16
+    return words | d.to(tl.float8e5).to(tl.uint8, bitcast=True).to(tl.uint32) << 24
+
+
+@triton.jit
+def _softcap_ce_grad_rows(L, G, targets, weights, lse, rows, cols, T, V, stride_l, g, shift, width, scale, offset,
+                          K: tl.constexpr, FAST_TANH: tl.constexpr):
+    """_softcap_ce_grad of L's (len(rows), len(cols)) tile: stored to G: (T, V) in its dtype, and returned in fp32."""
+    x = tl.load(L + rows[:, None] * stride_l + cols[None, :], mask=(rows[:, None] < T) & (cols[None, :] < V),
+                other=0.0).to(tl.float32)
+    weight_sum = tl.zeros(rows.shape, dtype=tl.float32)
+    hits = tl.zeros((rows.shape[0], cols.shape[0]), dtype=tl.float32)
+    for k in tl.static_range(K):  # -1 past the end matches no column
+        ahead = rows + k < T
+        w_k = tl.load(weights + k)
+        weight_sum += tl.where(ahead, w_k, 0.0)
+        target = tl.load(targets + rows + k, mask=ahead, other=-1)
+        hits += tl.where(cols[None, :] == target[:, None], w_k, 0.0)
+    row_lse = tl.load(lse + rows, mask=rows < T, other=0.0)
+    y = _softcap_ce_grad(x, row_lse[:, None], weight_sum[:, None], hits, g, shift, width, scale, offset, FAST_TANH)
+    tl.store(G + rows[:, None] * V + cols[None, :], y.to(G.dtype.element_ty),
+             mask=(rows[:, None] < T) & (cols[None, :] < V))
+    return y
+
+
+@triton.jit
+def _softcap_ce_fp8_grad_kernel(L, G, GTW, targets, weights, lse, grad_loss, T, V, stride_l, inv_T, shift, width,
+                                scale, offset, inv_grad_scale, K: tl.constexpr, BLOCK_T: tl.constexpr,
+                                BLOCK_V: tl.constexpr, FAST_TANH: tl.constexpr, PTX: tl.constexpr):
+    """The gradient _softcap_ce_backward_kernel writes, divided by the gradient's scale and rounded once from fp32
+    to e5m2, in both layouts from one read of the logits: G: (T, V), and Gᵀ as GTW: (V, T / 4) 32-bit words, four
+    rows a word as _byte_transpose_kernel packs them. A tile is four row-interleaved sub-tiles (rows 4i + j) in one
+    register layout, so a column's four bytes meet in one thread; the words are transposed, a quarter as many
+    elements as bytes. T a multiple of 4; int64 offsets, as T·V passes 2^31."""
+    pid = tl.program_id(0)
+    blocks_v = tl.cdiv(V, BLOCK_V)
+    quads = ((pid // blocks_v) * (BLOCK_T // 4) + tl.arange(0, BLOCK_T // 4)).to(tl.int64)
+    cols = ((pid % blocks_v) * BLOCK_V + tl.arange(0, BLOCK_V)).to(tl.int64)
+    g = tl.load(grad_loss).to(tl.float32) * inv_T * (scale / width) * inv_grad_scale
+    y0 = _softcap_ce_grad_rows(L, G, targets, weights, lse, quads * 4, cols, T, V, stride_l, g, shift, width, scale,
+                               offset, K, FAST_TANH)
+    y1 = _softcap_ce_grad_rows(L, G, targets, weights, lse, quads * 4 + 1, cols, T, V, stride_l, g, shift, width,
+                               scale, offset, K, FAST_TANH)
+    y2 = _softcap_ce_grad_rows(L, G, targets, weights, lse, quads * 4 + 2, cols, T, V, stride_l, g, shift, width,
+                               scale, offset, K, FAST_TANH)
+    y3 = _softcap_ce_grad_rows(L, G, targets, weights, lse, quads * 4 + 3, cols, T, V, stride_l, g, shift, width,
+                               scale, offset, K, FAST_TANH)
+    tl.store(GTW + cols[:, None] * (T // 4) + quads[None, :], tl.trans(_pack_e5m2x4(y0, y1, y2, y3, PTX)),
+             mask=(cols[:, None] < V) & (quads[None, :] < T // 4))
+
+
+# The FP8 gradient kernel's (rows, vocabulary columns, warps) per program: the fastest of twelve at the record's
+# micro-step shape on an H200, 3.9 ms (4.0-4.3 for the next five; 6-6.6 with 16 rows; records/_runs/2026-12-02_speed,
+# session 10).
+CE_FP8_GRAD_TILE = (64, 64, 4)
+
+
 def softcap_ce_fp8_grad_triton(grad_loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
                                weights: torch.Tensor, lse: torch.Tensor, cap: LogitCap, grad_scale: float,
-                               fast_tanh: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                               fast_tanh: bool, tile: tuple[int, int, int] | None = None) -> tuple[torch.Tensor,
+                                                                                                 torch.Tensor]:
     """softcap_cross_entropy_grad_torch rounded by fp8_quantize_torch(·, grad_scale, float8_e5m2), from fp32 (one
-    rounding; the reciprocal's product, not an exact division: an fp32 ulp apart), the row kernel of the bf16 path
-    writing e5m2, then byte_transpose -> (ĝ: (T, V), ĝᵀ: (V, T)), contiguous. On an H200 at T = 49152: 3.5 + 1.4 ms
-    against 23 ms for session 8's single kernel over 2-D tiles, whose FP8 transpose was the cost."""
+    rounding; the reciprocal's product, not an exact division: an fp32 ulp apart) -> (ĝ: (T, V), ĝᵀ: (V, T)),
+    contiguous, T a multiple of 4. One kernel (tile: CE_FP8_GRAD_TILE's three numbers); on an H200 at T = 49152
+    3.9 ms, against 4.7 for a row kernel writing ĝ then byte_transpose (session 9's, timed beside it in session 10)
+    and 23 for session 8's kernel, which wrote FP8 tiles transposed."""
     T, V = logits.shape
+    if T % 4:
+        raise ValueError(f"softcap_ce_fp8_grad: {T} rows, not a multiple of 4")
+    block_t, block_v, warps = tile or CE_FP8_GRAD_TILE
     g8 = logits.new_empty((T, V), dtype=torch.float8_e5m2)
-    _softcap_ce_backward_kernel[(T,)](logits, g8, targets, weights, lse, grad_loss.contiguous(), T, V,
-                                      logits.stride(0), V, 1.0 / T, *cap, 1.0 / grad_scale, K=weights.numel(),
-                                      BLOCK_V=CE_BLOCK_V_FP8, FAST_TANH=fast_tanh, num_warps=8)
-    return g8, byte_transpose_triton(g8)
+    g8t = logits.new_empty((V, T), dtype=torch.float8_e5m2)
+    grid = (triton.cdiv(T, block_t) * triton.cdiv(V, block_v),)
+    _softcap_ce_fp8_grad_kernel[grid](logits, g8, g8t.view(torch.int32), targets, weights, lse,
+                                      grad_loss.contiguous(), T, V, logits.stride(0), 1.0 / T, *cap, 1.0 / grad_scale,
+                                      K=weights.numel(), BLOCK_T=block_t, BLOCK_V=block_v, FAST_TANH=fast_tanh,
+                                      PTX=logits.is_cuda, num_warps=warps)
+    return g8, g8t
 
 
 @torch.library.custom_op("train_gpt::fp8_head_cross_entropy", mutates_args=())

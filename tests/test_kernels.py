@@ -493,18 +493,19 @@ def test_fp8_head_traces_under_torch_compile():
 
 
 @pytest.mark.parametrize("K", [1, 3])
-def test_fp8_gradient_kernels_write_the_rounded_gradient_in_both_layouts(K):
-    """The FP8 head's backward kernels against the written-out gradient: multi-token weights with targets past the
-    end, the scale, the transposed copy bit for bit. Triton's interpreter rounds to FP8 as torch does, except where
-    rounding up carries into the next power of two: it keeps the old exponent and gives half the value. Only those
-    may differ from torch's rounding here; the GPU test checks the rounding on the device."""
+def test_fp8_gradient_kernel_writes_the_rounded_gradient_in_both_layouts(K):
+    """The FP8 head's backward kernel against the written-out gradient: multi-token weights with targets past the
+    end, the scale, ragged tiles in both dimensions, the transposed copy bit for bit; rows not a multiple of 4 (four
+    to a transposed word) are refused. Triton's interpreter rounds to FP8 as torch does, except where rounding up
+    carries into the next power of two: it keeps the old exponent and gives half the value. Only those may differ
+    from torch's rounding here; the GPU test checks the rounding on the device."""
     g = torch.Generator().manual_seed(5)
     logits = (torch.randn(72, 150, generator=g) * 3).bfloat16()
     targets, weights = torch.randint(0, 150, (72,), generator=g), torch.tensor([1.0, 0.5, 0.25][:K])
     lse = T.softcap(logits.float(), SIGMOID_CAP).logsumexp(-1)
     grad_scale = T.FP8_HEAD_GRAD_SCALE / 72
     g8, g8t = T.softcap_ce_fp8_grad_triton(torch.tensor(0.8), logits, targets, weights, lse, SIGMOID_CAP, grad_scale,
-                                           fast_tanh=False)
+                                           fast_tanh=False, tile=(16, 64, 4))
     want = T.softcap_cross_entropy_grad_torch(torch.tensor(0.8), logits, targets, weights, SIGMOID_CAP)
     assert g8.dtype == g8t.dtype == torch.float8_e5m2 and g8.shape == (72, 150) and g8t.shape == (150, 72)
     assert g8.is_contiguous() and g8t.is_contiguous()
@@ -512,6 +513,9 @@ def test_fp8_gradient_kernels_write_the_rounded_gradient_in_both_layouts(K):
     got, rounded = g8.float(), T.fp8_quantize_torch(want, grad_scale, torch.float8_e5m2).float()
     carried = (got == rounded / 2) & (torch.frexp(rounded).mantissa.abs() == 0.5)
     assert torch.all((got == rounded) | carried) and carried.float().mean() < 0.1
+    with pytest.raises(ValueError, match="not a multiple of 4"):
+        T.softcap_ce_fp8_grad_triton(torch.tensor(0.8), logits[:70], targets[:70], weights, lse[:70], SIGMOID_CAP,
+                                     grad_scale, fast_tanh=False)
 
 
 def test_byte_transpose_packs_four_rows_a_word():
