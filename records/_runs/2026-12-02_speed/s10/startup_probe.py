@@ -1,7 +1,10 @@
 """Where the model line of the warm start goes (session 10): seconds for CUDA's context, the record model built on
 the GPU twice (the second without first-use costs), and the optimizers. Run from the repository root."""
+import os
+import sys
 import time
 
+sys.path.insert(0, os.getcwd())  # call 2 ran it without this (and without PYTHONPATH=.): it found no train_gpt
 t0 = time.perf_counter()
 import torch  # noqa: E402
 import train_gpt as T  # noqa: E402
