@@ -465,6 +465,16 @@ def test_fp8_head_matches_its_definition(dtype, tol):
     check_fp8_head(x, w, scales, tol=tol)
 
 
+def test_fp8_head_without_weights_is_the_next_token_loss():
+    """weights=None, the record's loss once multi-token prediction has ended: the plain next-token cross-entropy
+    (F.cross_entropy of the capped FP8 product), which the kernels' path reaches as weight 1 on one target ahead."""
+    x, w, _, scales = head_inputs(48, 32, 80)
+    targets = torch.randint(0, 80, (48,), generator=torch.Generator().manual_seed(4))
+    loss = T.fp8_head_cross_entropy(x, w, targets, SIGMOID_CAP, None, *scales)
+    want = T.softcap_cross_entropy_torch(T.fp8_matmul_torch(x, w, *scales[:2]), targets, SIGMOID_CAP)
+    assert abs(loss.item() - want.item()) < 1e-6 * want.item()
+
+
 def test_fp8_head_hands_scaled_mm_the_layouts_cuda_needs(monkeypatch):
     """On CUDA _scaled_mm wants its first operand row-major, its second column-major, and never two e5m2 operands;
     the CPU accepts anything, so each call is checked here: operand formats and layouts, scales, accumulation."""
