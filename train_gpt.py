@@ -448,11 +448,18 @@ def relu_sq_mlp_torch(x: torch.Tensor, fc: torch.Tensor, proj: torch.Tensor) -> 
     return F.linear(F.relu(F.linear(x, fc)).square(), proj)
 
 
-def relu_sq_matmul_torch(a: torch.Tensor, b: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
+def relu_sq_matmul_torch(a: torch.Tensor, b: torch.Tensor, h: torch.Tensor | None = None,
+                         scale: torch.Tensor | None = None) -> torch.Tensor:
     """a: (M, K), b: (K, N) -> relu(a·b)² (h None), or (a·b)·2·sqrt(h) with h = relu(pre)²: (M, N), the gradient
-    of the pre-activation when a·b is the gradient of h; accumulated in fp32, rounded to a's dtype."""
+    of the pre-activation when a·b is the gradient of h; accumulated in fp32, rounded to a's dtype (bf16 for FP8
+    inputs). scale, an fp32 scalar, multiplies a·b first: the product of FP8 operands' scales."""
     c = a.float() @ b.float()
-    return (F.relu(c).square() if h is None else c * 2 * h.float().sqrt()).to(a.dtype)
+    c = c if scale is None else c * scale
+    return (F.relu(c).square() if h is None else c * 2 * h.float().sqrt()).to(relu_sq_out_dtype(a))
+
+
+def relu_sq_out_dtype(a: torch.Tensor) -> torch.dtype:
+    return torch.bfloat16 if a.element_size() == 1 else a.dtype
 
 
 @triton.jit
@@ -482,14 +489,16 @@ def _relu_sq_epilogue(acc, h_desc, c_desc, off_m, off_n, BACKWARD: tl.constexpr)
 
 
 @triton.jit
-def _relu_sq_matmul_kernel(a_desc, b_desc, h_desc, c_desc, M, N, K, B_TRANSPOSED: tl.constexpr,
-                           BACKWARD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                           BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, NUM_PROGRAMS: tl.constexpr):
+def _relu_sq_matmul_kernel(a_desc, b_desc, h_desc, c_desc, S, M, N, K, B_TRANSPOSED: tl.constexpr,
+                           BACKWARD: tl.constexpr, SCALED: tl.constexpr, BLOCK_M: tl.constexpr,
+                           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                           NUM_PROGRAMS: tl.constexpr):
     """A: (M, K), B: (K, N), or its transpose (N, K) if B_TRANSPOSED -> C: (M, N) = relu(A·B)², or if BACKWARD,
     C = (A·B)·2·sqrt(H), the gradient of the pre-activation when A·B is the gradient of H = relu(pre)²; fp32
-    accumulation, C rounded to its dtype. The activation rides on the matmul's output tile instead of a second
-    pass over (M, N). Persistent: each program walks tiles NUM_PROGRAMS apart, and the flattened loop lets the
-    next tile's TMA loads run under this tile's epilogue, which K = 768 (12 steps a tile) makes a large share."""
+    accumulation, times the fp32 scalar at S if SCALED (FP8 operands' scales), C rounded to its dtype. The
+    activation rides on the matmul's output tile instead of a second pass over (M, N). Persistent: each program
+    walks tiles NUM_PROGRAMS apart, and the flattened loop lets the next tile's TMA loads run under this tile's
+    epilogue, which K = 768 (12 steps a tile) makes a large share."""
     grid_m, grid_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
     tile_done = tl.program_id(0) - NUM_PROGRAMS  # the epilogue's tile, recomputed so no offsets live across it
     for tile in tl.range(tl.program_id(0), grid_m * grid_n, NUM_PROGRAMS, flatten=True):
@@ -498,14 +507,18 @@ def _relu_sq_matmul_kernel(a_desc, b_desc, h_desc, c_desc, M, N, K, B_TRANSPOSED
         for k in range(0, K, BLOCK_K):
             b = b_desc.load([off_n, k]).T if B_TRANSPOSED else b_desc.load([k, off_n])
             acc = tl.dot(a_desc.load([off_m, k]), b, acc)
+        if SCALED:
+            acc = acc * tl.load(S)
         tile_done += NUM_PROGRAMS
         off_m, off_n = _grouped_tile(tile_done, grid_m, grid_n, GROUP_M, BLOCK_M, BLOCK_N)
         _relu_sq_epilogue(acc, h_desc, c_desc, off_m, off_n, BACKWARD)
 
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for the forward and the backward epilogue: the fastest of
-# bench/kernels.py's candidates on H100 at (49152, 768) x (768, 3072)
-RELU_SQ_MATMUL_CONFIGS = {"forward": (128, 256, 64, 8, 3), "backward": (128, 256, 64, 8, 3)}
+# bench/kernels.py's candidates on H100 at (49152, 768) x (768, 3072); for FP8 operands the fastest of eight on an
+# H200, 231 us against bf16's 339 (records/_runs/2026-12-02_speed, session 11)
+RELU_SQ_MATMUL_CONFIGS = {"forward": (128, 256, 64, 8, 3), "backward": (128, 256, 64, 8, 3),
+                          "fp8": (128, 256, 128, 8, 4)}
 
 
 def _tma_matrix(t: torch.Tensor, name: str) -> torch.Tensor:
@@ -520,17 +533,23 @@ def _tma_matrix(t: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def relu_sq_matmul_triton(a: torch.Tensor, b: torch.Tensor, h: torch.Tensor | None = None,
-                          config: tuple | None = None) -> torch.Tensor:
+                          config: tuple | None = None, scale: torch.Tensor | None = None) -> torch.Tensor:
     """relu_sq_matmul_torch in one persistent TMA kernel. a: (M, K), b: (K, N), same dtype, K and N multiples of
-    8 for bf16 (16-byte rows)."""
+    8 for bf16 (16-byte rows). FP8 (float8_e4m3fn) operands need b as the transpose of a contiguous (N, K) matrix,
+    the K-major layout Hopper's FP8 tensor cores read both operands in."""
     (M, K), N = a.shape, b.shape[1]
     if b.shape[0] != K or (h is not None and h.shape != (M, N)):
         raise ValueError(f"relu_sq_matmul: shapes {tuple(a.shape)} x {tuple(b.shape)}"
                          f"{'' if h is None else f' with h {tuple(h.shape)}'} do not fit")
-    block_m, block_n, block_k, warps, stages = config or RELU_SQ_MATMUL_CONFIGS["forward" if h is None else "backward"]
+    fp8 = a.element_size() == 1
     b_transposed = b.stride(0) == 1 and b.stride(1) != 1  # e.g. fc.T: tiles of the (N, K) matrix, transposed
+    if fp8 and (h is not None or not b_transposed or b.dtype != a.dtype):
+        raise ValueError(f"relu_sq_matmul: FP8 runs the forward only, on a {a.dtype} and the transpose of an (N, K) "
+                         f"matrix of the same dtype; got b {tuple(b.shape)} {b.dtype}, strides {b.stride()}")
+    kind = "fp8" if fp8 else "forward" if h is None else "backward"
+    block_m, block_n, block_k, warps, stages = config or RELU_SQ_MATMUL_CONFIGS[kind]
     b = _tma_matrix(b.T if b_transposed else b, "b")
-    c = a.new_empty(M, N)
+    c = a.new_empty(M, N, dtype=relu_sq_out_dtype(a))
     c_desc = TensorDescriptor.from_tensor(_tma_matrix(c, "output"), [block_m, block_n // 2])
     programs = min(triton.cdiv(M, block_m) * triton.cdiv(N, block_n),
                    torch.cuda.get_device_properties(a.device).multi_processor_count if on_gpu(a) else 4)
@@ -538,8 +557,9 @@ def relu_sq_matmul_triton(a: torch.Tensor, b: torch.Tensor, h: torch.Tensor | No
         TensorDescriptor.from_tensor(_tma_matrix(a, "a"), [block_m, block_k]),
         TensorDescriptor.from_tensor(b, [block_n, block_k] if b_transposed else [block_k, block_n]),
         c_desc if h is None else TensorDescriptor.from_tensor(_tma_matrix(h, "h"), [block_m, block_n // 2]),
-        c_desc, M, N, K, B_TRANSPOSED=b_transposed, BACKWARD=h is not None, BLOCK_M=block_m, BLOCK_N=block_n,
-        BLOCK_K=block_k, GROUP_M=8, NUM_PROGRAMS=programs, num_warps=warps, num_stages=stages)
+        c_desc, c if scale is None else scale, M, N, K, B_TRANSPOSED=b_transposed, BACKWARD=h is not None,
+        SCALED=scale is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8,
+        NUM_PROGRAMS=programs, num_warps=warps, num_stages=stages)
     return c
 
 
@@ -571,7 +591,7 @@ def _(dy, x, fc, proj, h):
 
 
 def _relu_sq_mlp_save(ctx, inputs, output):
-    x, fc, proj = inputs
+    x, fc, proj = inputs[:3]  # the FP8 op's copies of x and fc follow; its backward does not read them
     ctx.save_for_backward(x, fc, proj, output[1])
 
 
@@ -896,6 +916,40 @@ def fp8_head_cross_entropy(x: torch.Tensor, w: torch.Tensor, targets: torch.Tens
     product x̂·ŵ, trained with an FP8 gradient (fp8_head_cross_entropy_op)."""
     return fp8_head_cross_entropy_op(x, w, targets.contiguous(), kernel_weights(cap, weights, x.device), x_scale,
                                      w_scale, grad_scale, *cap, on_gpu(x))[0]
+
+
+@torch.library.custom_op("train_gpt::relu_sq_mlp_fp8", mutates_args=())
+def relu_sq_mlp_fp8_op(x: torch.Tensor, fc: torch.Tensor, proj: torch.Tensor, x8: torch.Tensor, fc8: torch.Tensor,
+                       scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """relu_sq_mlp_triton with its first matmul on FP8 tensor cores: h = relu(x̂·f̂cᵀ·scale)², x̂ = x8 and f̂c = fc8
+    float8_e4m3fn copies of x and fc, scale the product of their scales (an fp32 scalar) -> (h·projᵀ: (T, D),
+    h: (T, H)). The backward is the bf16 MLP's (relu_sq_mlp_backward) on x, fc, proj and this h, as upstream's
+    FP8 MLP keeps its backward in bf16."""
+    h = relu_sq_matmul_triton(x8, fc8.T, scale=scale)
+    return h @ proj.T, h
+
+
+@relu_sq_mlp_fp8_op.register_fake
+def _(x, fc, proj, x8, fc8, scale):
+    return x.new_empty(x.shape[0], proj.shape[0]), x.new_empty(x.shape[0], fc.shape[0])
+
+
+relu_sq_mlp_fp8_op.register_autograd(lambda ctx, dy, _dh: (*_relu_sq_mlp_grads(ctx, dy, _dh), None, None, None),
+                                     setup_context=_relu_sq_mlp_save)
+
+
+def relu_sq_mlp_fp8(x: torch.Tensor, fc: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
+    """x: (T, D) rms-normed, fc: (H, D), proj: (D, H), the fp32 parameters -> relu_sq_mlp's output, its first
+    matmul in FP8 (relu_sq_mlp_fp8_op). x is put on a fixed grid: an rms-normed row has no entry beyond sqrt(D),
+    which the scale maps to 448, the top of float8_e4m3fn. fc is put on its own largest entry's, found again each
+    call (the weights move every step; one reduction over H·D numbers). Both roundings saturate: an x that is not
+    normed is clipped, not turned into NaN."""
+    e4m3, top = torch.float8_e4m3fn, torch.finfo(torch.float8_e4m3fn).max
+    x_scale = x.size(-1) ** 0.5 / top
+    fc_scale = fc.detach().abs().amax().float().clamp_min(1e-30) / top
+    x8 = (x.detach().float() / x_scale).clamp(-top, top).to(e4m3)
+    fc8 = (fc.detach().float() / fc_scale).clamp(-top, top).to(e4m3)
+    return relu_sq_mlp_fp8_op(x, fc.type_as(x), proj.type_as(x), x8, fc8, fc_scale * x_scale)[0]
 
 
 def adam_update_torch(weights, grad, exp_avg, exp_avg_sq, hyper: torch.Tensor) -> None:
@@ -1552,25 +1606,29 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, dim: int, hidden: int, fused: bool):
+    def __init__(self, dim: int, hidden: int, fused: bool, fp8: bool = False):
         super().__init__()
         bound = 3**0.5 * 0.5 * dim**-0.5
         self.fc = nn.Parameter(torch.empty(hidden, dim).uniform_(-bound, bound))  # (out, in)
         self.proj = nn.Parameter(torch.zeros(dim, hidden))  # (out, in), zero: the block starts as the identity
-        self.fused = fused
+        self.fused, self.fp8 = fused, fp8
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (..., D), rms-normed when fp8, which runs only while autograd records (validation: bf16)."""
+        if self.fp8 and torch.is_grad_enabled():
+            return relu_sq_mlp_fp8(x.flatten(0, -2), self.fc, self.proj).view_as(x)
         return relu_sq_mlp(x.flatten(0, -2), self.fc.type_as(x), self.proj.type_as(x), self.fused).view_as(x)
 
 
 class Block(nn.Module):
     def __init__(self, dim: int, num_heads: int, head_dim: int, mlp_hidden: int, gate_dim: int, rotary, scale,
                  fused_mlp: bool, value_gate: bool = False, attention: bool = True, sublayer_residual: bool = False,
-                 xsa: bool = False, key_offset: bool = False, paired: bool = False, zero_attn_out: bool = True):
+                 xsa: bool = False, key_offset: bool = False, paired: bool = False, zero_attn_out: bool = True,
+                 fp8_mlp: bool = False):
         super().__init__()
         self.attn = (CausalSelfAttention(dim, num_heads, head_dim, gate_dim, rotary, scale, value_gate, xsa,
                                          key_offset, paired, zero_attn_out) if attention else None)
-        self.mlp = MLP(dim, mlp_hidden, fused_mlp)
+        self.mlp = MLP(dim, mlp_hidden, fused_mlp, fp8_mlp)
         # x = a·x + b·x0 (x0: the token embedding); with sublayer_residual also x = c·x before the MLP, a and c at
         # √1.1 so a block scales the stream by 1.1, as upstream's per-sublayer residual lambdas (2026 train_gpt.py)
         # split its 2025-11-18 record's 1.1 on a
@@ -1626,7 +1684,7 @@ class GPT(nn.Module):
                   hp.fused_mlp, value_gate=hp.value_embed_gates and j is not None,
                   attention=i not in hp.no_attention_layer_list, sublayer_residual=hp.sublayer_residual,
                   xsa=i in hp.xsa_layer_list, key_offset=hp.key_offset and hp.window_pattern[i] == "L",
-                  paired=i in self.paired_layers, zero_attn_out=hp.zero_attn_out)
+                  paired=i in self.paired_layers, zero_attn_out=hp.zero_attn_out, fp8_mlp=hp.fp8_mlp)
             for i, j in enumerate(self.value_embed_of_block))
         self.skip_pairs = hp.skip_pairs  # (src, dst): gate k adds σ(skip_gates[k])·(src's output) to dst's input
         self.skip_gates = nn.Parameter(torch.full((len(self.skip_pairs),), hp.skip_gate_init))
@@ -1983,6 +2041,10 @@ class Hyperparameters:
     # LM head in FP8 while training (CUDA, capability >= 8.9): e4m3 inputs, e5m2 gradient; upstream's (2025-01-13),
     # level with bf16 on the proxy (session 4); -53 ms of a 721 ms record step on one H200 (session 9)
     fp8_head: bool = True
+    # the MLP's first matmul in FP8 while training (CUDA, capability >= 8.9; needs --fused_mlp): e4m3 inputs, the
+    # backward in bf16; upstream's (its README row 84, 2026); level with bf16 on the proxy, -12 to -15 ms of a 672 ms
+    # record step on one H200 (session 11)
+    fp8_mlp: bool = True
     # optimization
     muon_lr: float = 0.023  # NorMuon lr of the matrices (times MATRIX_PARAMS' lr_mul)
     muon_momentum_start: float = 0.85  # NorMuon momentum at step 0 ...
@@ -2052,6 +2114,9 @@ class Hyperparameters:
                 "must be a multiple of 8 with --fused_mlp: its kernel copies tiles by TMA, which needs 16-byte rows")
         require(not self.fp8_head or (self.model_dim % 16 == 0 and self.vocab_size % 16 == 0), "fp8_head",
                 "needs --model_dim and --vocab_size multiples of 16, as torch._scaled_mm's FP8 matmuls do")
+        require(not self.fp8_mlp or self.fused_mlp, "fp8_mlp", "needs --fused_mlp=true: it runs the fused MLP kernel")
+        require(not self.fp8_mlp or self.model_dim % 16 == 0, "fp8_mlp",
+                "needs --model_dim a multiple of 16: its kernel copies FP8 tiles by TMA, which needs 16-byte rows")
         require(self.skips != "unet" or self.num_layers % 2 == 0, "num_layers",
                 "must be even with --skips=unet (U-net skips pair the halves)")
         require(re.fullmatch(r"unet|([0-9]+:[0-9]+(,[0-9]+:[0-9]+)*)?", self.skips) is not None
@@ -2205,13 +2270,13 @@ PRESETS = {
                   val_tokens=2_097_152, warmup_steps=3),
     # The record's model at toy size; two blocks hold no 3 -> 6 skip or attention-free block 6: a U-net, one tied
     # value embedding without gates, XSA in block 1 and paired heads in block 0, block 1 attending over block 0's
-    # output and the head backing out part of it; a bf16 head, which a CPU runs (FP8 needs FP8 tensor cores).
+    # output and the head backing out part of it; a bf16 head and MLP, which a CPU runs (FP8 needs FP8 tensor cores).
     "tiny": dict(num_layers=2, skips="unet", no_attention_layers="", value_embed_layers="", value_embed_gates=False,
                  xsa_layers="1", paired_head_layers="0", backout_layer=0, attn_source=0, bigram_signs=64,
                  val_window_blocks="", model_dim=64, num_heads=2, head_dim=32, attn_gate_dim=8,
                  num_value_embeds=1, bigram_buckets=1021, window_pattern="SL", window_blocks="1:1,1:2", seq_lens="128",
                  lr_stage_muls="1.0", val_tokens=2048, val_seq_len=512, num_iterations=40, val_every=10,
-                 warmup_steps=1, momentum_warmup_frac=0.25, fp8_head=False),
+                 warmup_steps=1, momentum_warmup_frac=0.25, fp8_head=False, fp8_mlp=False),
 }
 
 
@@ -2271,14 +2336,15 @@ def check_world_size(hp: Hyperparameters, world_size: int) -> None:
 
 
 def check_device(hp: Hyperparameters, device: torch.device) -> None:
-    """The device enters here, once: --fp8_head needs FP8 tensor cores (Ada, Hopper or later)."""
-    if not hp.fp8_head:
-        return
-    capability = torch.cuda.get_device_capability(device) if on_gpu(device) else None
-    if capability is None or capability < (8, 9):
-        found = "a CPU" if capability is None else f"compute capability {capability[0]}.{capability[1]}"
-        raise ValueError(f"--fp8_head=True needs a CUDA GPU of compute capability 8.9 or newer (FP8 tensor cores); "
-                         f"this run's device has {found} (--fp8_head=false: the bf16 head)")
+    """The device enters here, once: --fp8_head and --fp8_mlp need FP8 tensor cores (Ada, Hopper or later)."""
+    for flag, off in (("fp8_head", "the bf16 head"), ("fp8_mlp", "the bf16 MLP")):
+        if not getattr(hp, flag):
+            continue
+        capability = torch.cuda.get_device_capability(device) if on_gpu(device) else None
+        if capability is None or capability < (8, 9):
+            found = "a CPU" if capability is None else f"compute capability {capability[0]}.{capability[1]}"
+            raise ValueError(f"--{flag}=True needs a CUDA GPU of compute capability 8.9 or newer (FP8 tensor cores); "
+                             f"this run's device has {found} (--{flag}=false: {off})")
 
 
 # ----- Logging -----

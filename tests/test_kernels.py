@@ -398,6 +398,96 @@ def test_mlp_module_takes_the_fused_op_when_asked(monkeypatch):
         assert rel_err(getattr(fused, name).grad, getattr(plain, name).grad) < 1e-5
 
 
+def test_mlp_module_runs_fp8_only_while_autograd_records(monkeypatch):
+    """MLP(fp8=True) trains through relu_sq_mlp_fp8 of the (B·T, D) view and the fp32 parameters, within the FP8
+    rounding of the bf16 MLP; under no_grad (validation) it is the bf16 MLP, exactly."""
+    monkeypatch.setattr(T, "RELU_SQ_MATMUL_CONFIGS", dict(RELU_SQ_SMALL_TILES, fp8=(16, 32, 16, 4, 2)))
+    calls, fp8_mlp = [], T.relu_sq_mlp_fp8
+    monkeypatch.setattr(T, "relu_sq_mlp_fp8", lambda x, fc, proj: calls.append((x.shape, fc.dtype, proj.dtype))
+                        or fp8_mlp(x, fc, proj))
+    torch.manual_seed(0)
+    plain, fp8 = T.MLP(32, 64, fused=False), T.MLP(32, 64, fused=True, fp8=True)
+    plain.proj.data.normal_(0, 0.05)
+    fp8.load_state_dict(plain.state_dict())
+    x = F.rms_norm(torch.randn(2, 9, 32), (32,)).bfloat16()
+    with torch.no_grad():
+        assert torch.equal(fp8(x), plain(x)) and calls == []
+    out = fp8(x)
+    assert calls == [((18, 32), torch.float32, torch.float32)] and out.shape == x.shape
+    assert 0.005 < rel_err(out, plain(x)) < 0.1
+
+
+def test_relu_sq_matmul_multiplies_fp8_operands_then_scales():
+    """FP8 operands (b the transpose of a K-major matrix, as Hopper's FP8 MMA reads it) and the scale multiplying
+    the fp32 product before the activation: bf16 out, within its rounding of the definition (which Triton's
+    interpreter truncates: up to 2^-7 relative, where the GPU rounds to nearest)."""
+    g = torch.Generator().manual_seed(0)
+    a, b = ((torch.randn(shape, generator=g) * 8).to(torch.float8_e4m3fn) for shape in [(200, 48), (40, 48)])
+    scale = torch.tensor(0.01)
+    got = T.relu_sq_matmul_triton(a, b.T, config=(16, 32, 16, 4, 2), scale=scale)
+    assert got.dtype == torch.bfloat16
+    want = F.relu(a.double() @ b.double().T * 0.01).square()
+    assert rel_err(got, want) < 8e-3 and rel_err(got, want * 1.1**2) > 0.05
+
+
+def test_relu_sq_matmul_refuses_fp8_b_that_is_not_k_major():
+    a, b = torch.zeros(32, 16, dtype=torch.float8_e4m3fn), torch.zeros(16, 32, dtype=torch.float8_e4m3fn)
+    with pytest.raises(ValueError, match=r"relu_sq_matmul: FP8 runs the forward only, on a torch.float8_e4m3fn and "
+                                         r"the transpose of an \(N, K\) matrix"):
+        T.relu_sq_matmul_triton(a, b, scale=torch.tensor(1.0))
+
+
+def fp8_mlp_inputs(t: int, d: int, hidden: int, device="cpu"):
+    """x rms-normed in bf16 (T, D); fc (H, D) and proj (D, H) fp32 parameters of the sizes training gives them."""
+    g = torch.Generator().manual_seed(0)
+    x = F.rms_norm(torch.randn(t, d, generator=g), (d,)).bfloat16()
+    return x.to(device), (torch.randn(hidden, d, generator=g) * 0.05).to(device), \
+        (torch.randn(d, hidden, generator=g) * 0.05).to(device)
+
+
+def check_fp8_mlp(x, fc, proj, mlp=T.relu_sq_mlp_fp8, tol: float = 1e-2):
+    """The FP8 MLP's output against its definition in fp64 (h = relu(x̂·f̂cᵀ)², x̂ on the grid of sqrt(D)/448, f̂c on
+    that of its largest entry / 448, then h·projᵀ), and its gradients against the bf16 MLP's backward at x, fc and
+    proj (not their FP8 copies) with that h."""
+    e4m3 = torch.float8_e4m3fn
+    inputs = [t.clone().requires_grad_() for t in (x, fc, proj)]
+    y = mlp(*inputs)
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(y)
+    y.backward(dy)
+    xq = T.fp8_dequantize(x, x.size(1) ** 0.5 / 448, e4m3).double()
+    fcq = T.fp8_dequantize(fc, fc.abs().max().item() / 448, e4m3).double()
+    h = F.relu(xq @ fcq.T).square()
+    x64, fc64, proj64, dy64 = (t.double() for t in (x, fc, proj, dy))
+    dpre = (dy64 @ proj64) * 2 * h.sqrt()
+    assert y.dtype == x.dtype and rel_err(y, h @ proj64.T) < tol
+    for got, want in zip(inputs, (dpre @ fc64, dpre.T @ x64, dy64.T @ h)):
+        assert got.grad.dtype == got.dtype and rel_err(got.grad, want) < tol
+
+
+def test_relu_sq_mlp_fp8_matches_its_definition(monkeypatch):
+    monkeypatch.setattr(T, "RELU_SQ_MATMUL_CONFIGS", dict(RELU_SQ_SMALL_TILES, fp8=(16, 32, 16, 4, 2)))
+    check_fp8_mlp(*fp8_mlp_inputs(50, 32, 80))
+
+
+def test_relu_sq_mlp_fp8_traces_under_torch_compile(monkeypatch):
+    monkeypatch.setattr(T, "RELU_SQ_MATMUL_CONFIGS", dict(RELU_SQ_SMALL_TILES, fp8=(16, 32, 16, 4, 2)))
+    compiled = torch.compile(lambda *a: T.relu_sq_mlp_fp8(*a) * 1.0, backend="aot_eager", fullgraph=True)
+    check_fp8_mlp(*fp8_mlp_inputs(50, 32, 80), mlp=compiled)
+
+
+def test_relu_sq_mlp_fp8_clips_an_input_that_is_not_normed(monkeypatch):
+    """x's fixed scale assumes rms-normed rows; a larger entry saturates at 448 instead of becoming NaN."""
+    monkeypatch.setattr(T, "RELU_SQ_MATMUL_CONFIGS", dict(RELU_SQ_SMALL_TILES, fp8=(16, 32, 16, 4, 2)))
+    x, fc, proj = fp8_mlp_inputs(50, 32, 80)
+    assert torch.isfinite(T.relu_sq_mlp_fp8(x * 10, fc, proj)).all()
+
+
+@pytest.mark.gpu
+def test_relu_sq_mlp_fp8_matches_its_definition_on_gpu():
+    """At the record's MLP shape on FP8 tensor cores."""
+    check_fp8_mlp(*fp8_mlp_inputs(4096, 768, 3072, device="cuda"))
+
+
 def head_inputs(n: int, k: int, m: int, dtype=torch.float32, device="cpu", seed=0):
     """An LM head's tensors at their training scales: x rms-normed (T, K), w (K, N) of std 0.05, and the logits'
     gradient of a mean loss over T tokens, about 0.77 / T at most per token -> (x, w, grad, the head's scales)."""

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = ["--num_layers=2", "--model_dim=64", "--num_heads=2", "--head_dim=32", "--attn_gate_dim=8",
               "--num_value_embeds=1", "--skips=unet", "--no_attention_layers=", "--value_embed_layers=", "--xsa_layers=1",
               "--paired_head_layers=0", "--backout_layer=0", "--attn_source=0", "--fp8_head=false",
-              "--val_window_blocks=", "--window_pattern=SL", "--window_blocks=1:1", "--seq_lens=128",
+              "--fp8_mlp=false", "--val_window_blocks=", "--window_pattern=SL", "--window_blocks=1:1", "--seq_lens=128",
               "--val_tokens=2048", "--val_seq_len=512", "--num_iterations=3", "--val_every=0", "--warmup_steps=0"]
 
 

@@ -157,21 +157,23 @@ def test_main_checks_the_world_size_before_training(shards, tmp_path, monkeypatc
     assert (tmp_path / "ws3.txt").read_text().splitlines()[-1].startswith("error:world size 3 does not fit")
 
 
-def test_fp8_head_on_a_cpu_is_refused_before_training(shards, tmp_path, monkeypatch):
-    monkeypatch.setattr(tg, "train", lambda *a: pytest.fail("train ran with --fp8_head on a CPU"))
-    assert tg.main(tiny_args(shards, tmp_path, "fp8cpu", "--fp8_head=true")) == 1
+@pytest.mark.parametrize("flag, off", [("fp8_head", "the bf16 head"), ("fp8_mlp", "the bf16 MLP")])
+def test_fp8_on_a_cpu_is_refused_before_training(shards, tmp_path, monkeypatch, flag, off):
+    monkeypatch.setattr(tg, "train", lambda *a: pytest.fail(f"train ran with --{flag} on a CPU"))
+    assert tg.main(tiny_args(shards, tmp_path, "fp8cpu", f"--{flag}=true")) == 1
     assert (tmp_path / "fp8cpu.txt").read_text().splitlines()[-1] == (
-        "error:--fp8_head=True needs a CUDA GPU of compute capability 8.9 or newer (FP8 tensor cores); "
-        "this run's device has a CPU (--fp8_head=false: the bf16 head)")
+        f"error:--{flag}=True needs a CUDA GPU of compute capability 8.9 or newer (FP8 tensor cores); "
+        f"this run's device has a CPU (--{flag}=false: {off})")
 
 
+@pytest.mark.parametrize("flag", ["fp8_head", "fp8_mlp"])
 @pytest.mark.parametrize("capability, refused", [((8, 0), True), ((8, 6), True), ((8, 9), False), ((9, 0), False)])
-def test_fp8_head_needs_compute_capability_8_9(capability, refused, monkeypatch):
+def test_fp8_needs_compute_capability_8_9(capability, refused, flag, monkeypatch):
     monkeypatch.setattr(tg, "on_gpu", lambda device: True)
     monkeypatch.setattr(tg.torch.cuda, "get_device_capability", lambda device: capability)
-    hp = tg.parse_args(["--preset=tiny", "--fp8_head=true"])
+    hp = tg.parse_args(["--preset=tiny", f"--{flag}=true"])
     if refused:
-        with pytest.raises(ValueError, match=rf"--fp8_head=True .* has compute capability {capability[0]}\.{capability[1]}"):
+        with pytest.raises(ValueError, match=rf"--{flag}=True .* has compute capability {capability[0]}\.{capability[1]}"):
             tg.check_device(hp, tg.torch.device("cuda", 0))
     else:
         tg.check_device(hp, tg.torch.device("cuda", 0))
@@ -310,6 +312,9 @@ def test_help_lists_every_flag_with_its_default_and_comment(capsys):
     (["--doc_max_tokens=896,2048,2048", "--align_to_bos=false"],
      "--doc_max_tokens=896,2048,2048: needs --align_to_bos"),
     (["--fp8_head=true", "--vocab_size=50260"], "--fp8_head=True: needs --model_dim and --vocab_size multiples of 16"),
+    (["--fp8_mlp=true", "--fused_mlp=false"], "--fp8_mlp=True: needs --fused_mlp=true"),
+    (["--fp8_mlp=true", "--fp8_head=false", "--model_dim=776", "--num_heads=8", "--head_dim=97"],
+     "--fp8_mlp=True: needs --model_dim a multiple of 16"),
     (["--adam_every=0"], "--adam_every=0: must be positive"),
     (["--adam_every=2", "--save_every=3"], "--save_every=3: must be a multiple of --adam_every=2"),
 ])
