@@ -473,9 +473,11 @@ def _grouped_tile(tile, grid_m, grid_n, GROUP_M: tl.constexpr, BLOCK_M: tl.const
 
 
 @triton.jit
-def _relu_sq_epilogue(acc, h_desc, c_desc, off_m, off_n, BACKWARD: tl.constexpr):
+def _relu_sq_epilogue(acc, h_desc, c_desc, q_desc, inv_q_scale, off_m, off_n, BACKWARD: tl.constexpr,
+                      EMIT_FP8: tl.constexpr):
     """The activation (or, if BACKWARD, its gradient) of the output tile, stored in two halves: half the shared
-    memory for the store buffer, which leaves room for 3 load stages."""
+    memory for the store buffer, which leaves room for 3 load stages. EMIT_FP8: the activation also goes to q_desc
+    times inv_q_scale in float8_e4m3fn, from fp32, saturating at 448 (it is never negative)."""
     left, right = acc.reshape(acc.shape[0], 2, acc.shape[1] // 2).permute(0, 2, 1).split()
     off_right = off_n + acc.shape[1] // 2
     if BACKWARD:  # both halves of H asked for before either is used, so the two loads overlap
@@ -484,21 +486,29 @@ def _relu_sq_epilogue(acc, h_desc, c_desc, off_m, off_n, BACKWARD: tl.constexpr)
         c_desc.store([off_m, off_right], (2 * right * tl.sqrt(h_right.to(tl.float32))).to(c_desc.dtype))
     else:
         left, right = tl.maximum(left, 0.0), tl.maximum(right, 0.0)
-        c_desc.store([off_m, off_n], (left * left).to(c_desc.dtype))
-        c_desc.store([off_m, off_right], (right * right).to(c_desc.dtype))
+        left, right = left * left, right * right
+        c_desc.store([off_m, off_n], left.to(c_desc.dtype))
+        c_desc.store([off_m, off_right], right.to(c_desc.dtype))
+        if EMIT_FP8:
+            q_desc.store([off_m, off_n], tl.minimum(left * inv_q_scale, 448.0).to(q_desc.dtype))
+            q_desc.store([off_m, off_right], tl.minimum(right * inv_q_scale, 448.0).to(q_desc.dtype))
 
 
 @triton.jit
-def _relu_sq_matmul_kernel(a_desc, b_desc, h_desc, c_desc, S, M, N, K, B_TRANSPOSED: tl.constexpr,
-                           BACKWARD: tl.constexpr, SCALED: tl.constexpr, BLOCK_M: tl.constexpr,
-                           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                           NUM_PROGRAMS: tl.constexpr):
+def _relu_sq_matmul_kernel(a_desc, b_desc, h_desc, c_desc, q_desc, S, QS, M, N, K, B_TRANSPOSED: tl.constexpr,
+                           BACKWARD: tl.constexpr, SCALED: tl.constexpr, EMIT_FP8: tl.constexpr,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                           GROUP_M: tl.constexpr, NUM_PROGRAMS: tl.constexpr):
     """A: (M, K), B: (K, N), or its transpose (N, K) if B_TRANSPOSED -> C: (M, N) = relu(A·B)², or if BACKWARD,
     C = (A·B)·2·sqrt(H), the gradient of the pre-activation when A·B is the gradient of H = relu(pre)²; fp32
-    accumulation, times the fp32 scalar at S if SCALED (FP8 operands' scales), C rounded to its dtype. The
-    activation rides on the matmul's output tile instead of a second pass over (M, N). Persistent: each program
-    walks tiles NUM_PROGRAMS apart, and the flattened loop lets the next tile's TMA loads run under this tile's
-    epilogue, which K = 768 (12 steps a tile) makes a large share."""
+    accumulation, times the fp32 scalar at S if SCALED (FP8 operands' scales), C rounded to its dtype; if EMIT_FP8
+    also Q = C / (the fp32 scalar at QS) in FP8 (the next matmul's operand). The activation rides on the matmul's
+    output tile instead of a second pass over (M, N). Persistent: each program walks tiles NUM_PROGRAMS apart, and
+    the flattened loop lets the next tile's TMA loads run under this tile's epilogue, which K = 768 (12 steps a
+    tile) makes a large share."""
+    inv_q_scale = 1.0
+    if EMIT_FP8:  # a product with the reciprocal: an fp32 ulp from a division
+        inv_q_scale = 1 / tl.load(QS)
     grid_m, grid_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
     tile_done = tl.program_id(0) - NUM_PROGRAMS  # the epilogue's tile, recomputed so no offsets live across it
     for tile in tl.range(tl.program_id(0), grid_m * grid_n, NUM_PROGRAMS, flatten=True):
@@ -511,14 +521,15 @@ def _relu_sq_matmul_kernel(a_desc, b_desc, h_desc, c_desc, S, M, N, K, B_TRANSPO
             acc = acc * tl.load(S)
         tile_done += NUM_PROGRAMS
         off_m, off_n = _grouped_tile(tile_done, grid_m, grid_n, GROUP_M, BLOCK_M, BLOCK_N)
-        _relu_sq_epilogue(acc, h_desc, c_desc, off_m, off_n, BACKWARD)
+        _relu_sq_epilogue(acc, h_desc, c_desc, q_desc, inv_q_scale, off_m, off_n, BACKWARD, EMIT_FP8)
 
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for the forward and the backward epilogue: the fastest of
-# bench/kernels.py's candidates on H100 at (49152, 768) x (768, 3072); for FP8 operands the fastest of eight on an
-# H200, 231 us against bf16's 339 (records/_runs/2026-12-02_speed, session 11)
+# bench/kernels.py's candidates on H100 at (49152, 768) x (768, 3072); for FP8 operands, writing h in e4m3 as well,
+# the fastest of seven on an H200, 279 us against bf16's 339 (with four stages the e4m3 store buffer passes the 227
+# KiB of shared memory; without the copy the kernel took 212-231 us; records/_runs/2026-12-02_speed, session 11)
 RELU_SQ_MATMUL_CONFIGS = {"forward": (128, 256, 64, 8, 3), "backward": (128, 256, 64, 8, 3),
-                          "fp8": (128, 256, 128, 8, 4)}
+                          "fp8": (128, 256, 128, 8, 3)}
 
 
 def _tma_matrix(t: torch.Tensor, name: str) -> torch.Tensor:
@@ -533,10 +544,12 @@ def _tma_matrix(t: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def relu_sq_matmul_triton(a: torch.Tensor, b: torch.Tensor, h: torch.Tensor | None = None,
-                          config: tuple | None = None, scale: torch.Tensor | None = None) -> torch.Tensor:
+                          config: tuple | None = None, scale: torch.Tensor | None = None,
+                          fp8_out_scale: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """relu_sq_matmul_torch in one persistent TMA kernel. a: (M, K), b: (K, N), same dtype, K and N multiples of
     8 for bf16 (16-byte rows). FP8 (float8_e4m3fn) operands need b as the transpose of a contiguous (N, K) matrix,
-    the K-major layout Hopper's FP8 tensor cores read both operands in."""
+    the K-major layout Hopper's FP8 tensor cores read both operands in. With fp8_out_scale (an fp32 scalar; FP8
+    operands) the forward also returns its activation divided by it in float8_e4m3fn, saturating: (C, Q)."""
     (M, K), N = a.shape, b.shape[1]
     if b.shape[0] != K or (h is not None and h.shape != (M, N)):
         raise ValueError(f"relu_sq_matmul: shapes {tuple(a.shape)} x {tuple(b.shape)}"
@@ -546,21 +559,26 @@ def relu_sq_matmul_triton(a: torch.Tensor, b: torch.Tensor, h: torch.Tensor | No
     if fp8 and (h is not None or not b_transposed or b.dtype != a.dtype):
         raise ValueError(f"relu_sq_matmul: FP8 runs the forward only, on a {a.dtype} and the transpose of an (N, K) "
                          f"matrix of the same dtype; got b {tuple(b.shape)} {b.dtype}, strides {b.stride()}")
+    if fp8_out_scale is not None and not fp8:
+        raise ValueError("relu_sq_matmul: an FP8 copy of the output comes only with FP8 operands")
     kind = "fp8" if fp8 else "forward" if h is None else "backward"
     block_m, block_n, block_k, warps, stages = config or RELU_SQ_MATMUL_CONFIGS[kind]
     b = _tma_matrix(b.T if b_transposed else b, "b")
     c = a.new_empty(M, N, dtype=relu_sq_out_dtype(a))
     c_desc = TensorDescriptor.from_tensor(_tma_matrix(c, "output"), [block_m, block_n // 2])
+    q = None if fp8_out_scale is None else a.new_empty(M, N, dtype=torch.float8_e4m3fn)
     programs = min(triton.cdiv(M, block_m) * triton.cdiv(N, block_n),
                    torch.cuda.get_device_properties(a.device).multi_processor_count if on_gpu(a) else 4)
     _relu_sq_matmul_kernel[(programs,)](
         TensorDescriptor.from_tensor(_tma_matrix(a, "a"), [block_m, block_k]),
         TensorDescriptor.from_tensor(b, [block_n, block_k] if b_transposed else [block_k, block_n]),
         c_desc if h is None else TensorDescriptor.from_tensor(_tma_matrix(h, "h"), [block_m, block_n // 2]),
-        c_desc, c if scale is None else scale, M, N, K, B_TRANSPOSED=b_transposed, BACKWARD=h is not None,
-        SCALED=scale is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8,
-        NUM_PROGRAMS=programs, num_warps=warps, num_stages=stages)
-    return c
+        c_desc, c_desc if q is None else TensorDescriptor.from_tensor(_tma_matrix(q, "FP8 output"),
+                                                                      [block_m, block_n // 2]),
+        c if scale is None else scale, c if q is None else fp8_out_scale, M, N, K, B_TRANSPOSED=b_transposed,
+        BACKWARD=h is not None, SCALED=scale is not None, EMIT_FP8=q is not None, BLOCK_M=block_m, BLOCK_N=block_n,
+        BLOCK_K=block_k, GROUP_M=8, NUM_PROGRAMS=programs, num_warps=warps, num_stages=stages)
+    return c if q is None else (c, q)
 
 
 @torch.library.custom_op("train_gpt::relu_sq_mlp", mutates_args=())
@@ -920,36 +938,47 @@ def fp8_head_cross_entropy(x: torch.Tensor, w: torch.Tensor, targets: torch.Tens
 
 @torch.library.custom_op("train_gpt::relu_sq_mlp_fp8", mutates_args=())
 def relu_sq_mlp_fp8_op(x: torch.Tensor, fc: torch.Tensor, proj: torch.Tensor, x8: torch.Tensor, fc8: torch.Tensor,
-                       scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """relu_sq_mlp_triton with its first matmul on FP8 tensor cores: h = relu(x̂·f̂cᵀ·scale)², x̂ = x8 and f̂c = fc8
-    float8_e4m3fn copies of x and fc, scale the product of their scales (an fp32 scalar) -> (h·projᵀ: (T, D),
-    h: (T, H)). The backward is the bf16 MLP's (relu_sq_mlp_backward) on x, fc, proj and this h, as upstream's
-    FP8 MLP keeps its backward in bf16."""
-    h = relu_sq_matmul_triton(x8, fc8.T, scale=scale)
-    return h @ proj.T, h
+                       proj8: torch.Tensor, x_scale: torch.Tensor, fc_scale: torch.Tensor, proj_scale: torch.Tensor,
+                       h_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """relu_sq_mlp_triton with both matmuls on FP8 tensor cores: x8, fc8 and proj8 are float8_e4m3fn copies of x,
+    fc and proj on the grids of their scales (fp32 scalars). h = relu(x̂·f̂cᵀ)² comes out of the first in bf16 and,
+    on the grid of h_scale, in e4m3 (ĥ); the second is ĥ·p̂rojᵀ (torch._scaled_mm, with fast accumulation as the
+    head's forward) -> (output: (T, D), h: (T, H)). The backward is the bf16 MLP's (relu_sq_mlp_backward) on x, fc,
+    proj and the bf16 h, as upstream's FP8 MLP keeps its backward in bf16."""
+    h, h8 = relu_sq_matmul_triton(x8, fc8.T, scale=x_scale * fc_scale, fp8_out_scale=h_scale)
+    out = torch._scaled_mm(h8, proj8.T, scale_a=h_scale, scale_b=proj_scale, out_dtype=h.dtype, use_fast_accum=True)
+    return out, h
 
 
 @relu_sq_mlp_fp8_op.register_fake
-def _(x, fc, proj, x8, fc8, scale):
+def _(x, fc, proj, x8, fc8, proj8, x_scale, fc_scale, proj_scale, h_scale):
     return x.new_empty(x.shape[0], proj.shape[0]), x.new_empty(x.shape[0], fc.shape[0])
 
 
-relu_sq_mlp_fp8_op.register_autograd(lambda ctx, dy, _dh: (*_relu_sq_mlp_grads(ctx, dy, _dh), None, None, None),
+relu_sq_mlp_fp8_op.register_autograd(lambda ctx, dy, _dh: _relu_sq_mlp_grads(ctx, dy, _dh) + (None,) * 7,
                                      setup_context=_relu_sq_mlp_save)
 
 
 def relu_sq_mlp_fp8(x: torch.Tensor, fc: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
-    """x: (T, D) rms-normed, fc: (H, D), proj: (D, H), the fp32 parameters -> relu_sq_mlp's output, its first
-    matmul in FP8 (relu_sq_mlp_fp8_op). x is put on a fixed grid: an rms-normed row has no entry beyond sqrt(D),
-    which the scale maps to 448, the top of float8_e4m3fn. fc is put on its own largest entry's, found again each
-    call (the weights move every step; one reduction over H·D numbers). Both roundings saturate: an x that is not
-    normed is clipped, not turned into NaN."""
+    """x: (T, D) rms-normed, fc: (H, D), proj: (D, H), the fp32 parameters -> relu_sq_mlp's output, both matmuls
+    in FP8 (relu_sq_mlp_fp8_op). Each scale maps the largest value it can meet onto 448, the top of
+    float8_e4m3fn, with no state kept between calls:
+    - x: an rms-normed row has no entry beyond sqrt(D);
+    - fc and proj: their own largest entries, found again each call (the weights move every step; reductions over
+      H·D numbers);
+    - h = relu(x·fc_j)² ≤ |x|²·|fc_j|² = D·max_j |fc_j|² (Cauchy-Schwarz), a bound that no rounding or delayed
+      amax can overshoot; typical entries land ~D times under it, still 2^5 above e4m3's smallest normal.
+    Every rounding saturates: an x that is not normed is clipped, not turned into NaN."""
     e4m3, top = torch.float8_e4m3fn, torch.finfo(torch.float8_e4m3fn).max
-    x_scale = x.size(-1) ** 0.5 / top
-    fc_scale = fc.detach().abs().amax().float().clamp_min(1e-30) / top
-    x8 = (x.detach().float() / x_scale).clamp(-top, top).to(e4m3)
-    fc8 = (fc.detach().float() / fc_scale).clamp(-top, top).to(e4m3)
-    return relu_sq_mlp_fp8_op(x, fc.type_as(x), proj.type_as(x), x8, fc8, fc_scale * x_scale)[0]
+    x32, fc32, proj32 = (t.detach().float() for t in (x, fc, proj))
+    x_scale = x.new_full((), x.size(-1) ** 0.5 / top, dtype=torch.float32)
+    fc_scale = fc32.abs().amax().clamp_min(1e-30) / top
+    proj_scale = proj32.abs().amax().clamp_min(1e-30) / top
+    h_scale = (x.size(-1) * fc32.square().sum(1).amax()).clamp_min(1e-30) / top
+    x8, fc8, proj8 = ((t / s).clamp(-top, top).to(e4m3) for t, s in ((x32, x_scale), (fc32, fc_scale),
+                                                                     (proj32, proj_scale)))
+    return relu_sq_mlp_fp8_op(x, fc.type_as(x), proj.type_as(x), x8, fc8, proj8, x_scale, fc_scale, proj_scale,
+                              h_scale)[0]
 
 
 def adam_update_torch(weights, grad, exp_avg, exp_avg_sq, hyper: torch.Tensor) -> None:
@@ -2041,9 +2070,10 @@ class Hyperparameters:
     # LM head in FP8 while training (CUDA, capability >= 8.9): e4m3 inputs, e5m2 gradient; upstream's (2025-01-13),
     # level with bf16 on the proxy (session 4); -53 ms of a 721 ms record step on one H200 (session 9)
     fp8_head: bool = True
-    # the MLP's first matmul in FP8 while training (CUDA, capability >= 8.9; needs --fused_mlp): e4m3 inputs, the
-    # backward in bf16; upstream's (its README row 84, 2026); level with bf16 on the proxy, -12 to -15 ms of a 672 ms
-    # record step on one H200 (session 11)
+    # the MLP's two matmuls in FP8 while training (CUDA, capability >= 8.9; needs --fused_mlp): e4m3 operands, the
+    # backward in bf16; upstream's (its README row 84, the first; its 2026-07-17 record, the second). On one H200
+    # (session 11) the first saved 12 to 15 ms of a 672 ms record step, the second 10 ms more; the proxy found no
+    # difference from bf16 (-0.0000 ± 0.0012) and none from the first alone (+0.0015 ± 0.0019), three seeds an arm
     fp8_mlp: bool = True
     # optimization
     muon_lr: float = 0.023  # NorMuon lr of the matrices (times MATRIX_PARAMS' lr_mul)
