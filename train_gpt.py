@@ -545,7 +545,8 @@ def _tma_matrix(t: torch.Tensor, name: str) -> torch.Tensor:
 
 def relu_sq_matmul_triton(a: torch.Tensor, b: torch.Tensor, h: torch.Tensor | None = None,
                           config: tuple | None = None, scale: torch.Tensor | None = None,
-                          fp8_out_scale: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                          fp8_out_scale: torch.Tensor | None = None
+                          ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """relu_sq_matmul_torch in one persistent TMA kernel. a: (M, K), b: (K, N), same dtype, K and N multiples of
     8 for bf16 (16-byte rows). FP8 (float8_e4m3fn) operands need b as the transpose of a contiguous (N, K) matrix,
     the K-major layout Hopper's FP8 tensor cores read both operands in. With fp8_out_scale (an fp32 scalar; FP8
@@ -609,7 +610,7 @@ def _(dy, x, fc, proj, h):
 
 
 def _relu_sq_mlp_save(ctx, inputs, output):
-    x, fc, proj = inputs[:3]  # the FP8 op's copies of x and fc follow; its backward does not read them
+    x, fc, proj = inputs[:3]  # the FP8 op's FP8 copies and scales follow; its backward does not read them
     ctx.save_for_backward(x, fc, proj, output[1])
 
 
@@ -2366,15 +2367,17 @@ def check_world_size(hp: Hyperparameters, world_size: int) -> None:
 
 
 def check_device(hp: Hyperparameters, device: torch.device) -> None:
-    """The device enters here, once: --fp8_head and --fp8_mlp need FP8 tensor cores (Ada, Hopper or later)."""
-    for flag, off in (("fp8_head", "the bf16 head"), ("fp8_mlp", "the bf16 MLP")):
-        if not getattr(hp, flag):
-            continue
-        capability = torch.cuda.get_device_capability(device) if on_gpu(device) else None
-        if capability is None or capability < (8, 9):
-            found = "a CPU" if capability is None else f"compute capability {capability[0]}.{capability[1]}"
-            raise ValueError(f"--{flag}=True needs a CUDA GPU of compute capability 8.9 or newer (FP8 tensor cores); "
-                             f"this run's device has {found} (--{flag}=false: {off})")
+    """The device enters here, once: --fp8_head and --fp8_mlp need FP8 tensor cores (Ada, Hopper or later); one
+    error names every flag that does."""
+    fp8_flags = (("fp8_head", "the bf16 head"), ("fp8_mlp", "the bf16 MLP"))
+    on = [(flag, off) for flag, off in fp8_flags if getattr(hp, flag)]
+    capability = torch.cuda.get_device_capability(device) if on_gpu(device) else None
+    if on and (capability is None or capability < (8, 9)):
+        found = "a CPU" if capability is None else f"compute capability {capability[0]}.{capability[1]}"
+        flags = " and ".join(f"--{flag}=True" for flag, _ in on)
+        offs = " ".join(f"--{flag}=false" for flag, _ in on) + ": " + " and ".join(off for _, off in on)
+        raise ValueError(f"{flags} {'needs' if len(on) == 1 else 'need'} a CUDA GPU of compute capability 8.9 or "
+                         f"newer (FP8 tensor cores); this run's device has {found} ({offs})")
 
 
 # ----- Logging -----

@@ -664,8 +664,8 @@ def test_the_record_preset_has_the_six_tricks_session_8_measured():
 @pytest.mark.parametrize("flag", ["fp8_head", "fp8_mlp"])
 def test_the_record_and_proxy_presets_train_in_fp8_and_the_tiny_one_in_bf16(flag):
     """Upstream's FP8 head and FP8 MLP, each level with bf16 on the proxy and faster a record step on one H200
-    (records/_runs/2026-12-02_speed: -53 ms, session 9; -12 to -15 ms, session 11), are on where the run is on a
-    GPU; the tiny preset runs on CPUs."""
+    (records/_runs/2026-12-02_speed: -53 ms, session 9; -12 to -15 ms and 10 more, session 11), are on where the
+    run is on a GPU; the tiny preset runs on CPUs."""
     assert [getattr(tg.parse_args([f"--preset={p}"]), flag) for p in ("record", "proxy", "tiny")] == [True, True, False]
     assert getattr(tg.parse_args([f"--{flag}=false"]), flag) is False
 

@@ -166,6 +166,14 @@ def test_fp8_on_a_cpu_is_refused_before_training(shards, tmp_path, monkeypatch, 
         f"this run's device has a CPU (--{flag}=false: {off})")
 
 
+def test_the_record_preset_on_a_cpu_is_refused_once_for_both_fp8_flags():
+    with pytest.raises(ValueError) as refusal:
+        tg.check_device(tg.parse_args([]), tg.torch.device("cpu"))
+    assert str(refusal.value) == (
+        "--fp8_head=True and --fp8_mlp=True need a CUDA GPU of compute capability 8.9 or newer (FP8 tensor cores); "
+        "this run's device has a CPU (--fp8_head=false --fp8_mlp=false: the bf16 head and the bf16 MLP)")
+
+
 @pytest.mark.parametrize("flag", ["fp8_head", "fp8_mlp"])
 @pytest.mark.parametrize("capability, refused", [((8, 0), True), ((8, 6), True), ((8, 9), False), ((9, 0), False)])
 def test_fp8_needs_compute_capability_8_9(capability, refused, flag, monkeypatch):
@@ -173,7 +181,8 @@ def test_fp8_needs_compute_capability_8_9(capability, refused, flag, monkeypatch
     monkeypatch.setattr(tg.torch.cuda, "get_device_capability", lambda device: capability)
     hp = tg.parse_args(["--preset=tiny", f"--{flag}=true"])
     if refused:
-        with pytest.raises(ValueError, match=rf"--{flag}=True .* has compute capability {capability[0]}\.{capability[1]}"):
+        found = rf"has compute capability {capability[0]}\.{capability[1]}"
+        with pytest.raises(ValueError, match=rf"--{flag}=True .* {found}"):
             tg.check_device(hp, tg.torch.device("cuda", 0))
     else:
         tg.check_device(hp, tg.torch.device("cuda", 0))
