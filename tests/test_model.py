@@ -821,9 +821,9 @@ def test_fp8_mlp_flag_reaches_every_block():
 @pytest.mark.gpu
 @pytest.mark.parametrize("compile", [False, True])
 def test_fp8_mlp_matches_bf16_mlp_on_gpu(compile):
-    """--fp8_mlp=true on FP8 tensor cores, eager and under torch.compile (the op in the graph, the quantization of x
-    and fc around it): validation is the bf16 MLP's exactly; the training loss and the MLP's gradients are within
-    the FP8 rounding (~3% on each input of the first matmul) of the bf16 MLP's."""
+    """--fp8_mlp=true on FP8 tensor cores, eager and under torch.compile (the op in the graph, the quantization of x,
+    fc and proj around it): validation is the bf16 MLP's exactly; the training loss and the MLP's gradients are
+    within the FP8 rounding (~3% on each operand of the two matmuls) of the bf16 MLP's."""
     hp = two_block_record_hp()
     tg.check_device(dataclasses.replace(hp, fp8_mlp=True), torch.device("cuda"))
     inputs = random_documents(2048, seed=3)[None].repeat(2, 1).flatten()[:2049].cuda()
