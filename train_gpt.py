@@ -625,11 +625,12 @@ def relu_sq_mlp(x: torch.Tensor, fc: torch.Tensor, proj: torch.Tensor, fused: bo
     return relu_sq_mlp_triton(x, fc, proj)[0] if fused and on_gpu(x) else relu_sq_mlp_torch(x, fc, proj)
 
 
-def fp8_quantize_torch(t: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+def fp8_quantize_torch(t: torch.Tensor, scale: float | torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """t / scale, divided in fp32, rounded to the FP8 dtype (to nearest, ties to even): t on the FP8 grid stretched
-    by scale. A scale maps the largest value expected onto the top of the format; beyond it torch and the kernel
-    differ (infinity or NaN here, the largest finite value there)."""
-    return (t.float() / scale).to(dtype)
+    by scale. A scale maps the largest value expected onto the top of the format; beyond it the value saturates
+    there, as the GPU's conversion does (c10's scalar cast would give NaN)."""
+    top = torch.finfo(dtype).max
+    return (t.float() / scale).clamp(-top, top).to(dtype)
 
 
 def fp8_dequantize(t: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
@@ -969,15 +970,15 @@ def relu_sq_mlp_fp8(x: torch.Tensor, fc: torch.Tensor, proj: torch.Tensor) -> to
       H·D numbers);
     - h = relu(x·fc_j)² ≤ |x|²·|fc_j|² = D·max_j |fc_j|² (Cauchy-Schwarz), a bound that no rounding or delayed
       amax can overshoot; typical entries land ~D times under it, still 2^5 above e4m3's smallest normal.
-    Every rounding saturates: an x that is not normed is clipped, not turned into NaN."""
+    Every rounding saturates (fp8_quantize_torch): an x that is not normed is clipped, not turned into NaN."""
     e4m3, top = torch.float8_e4m3fn, torch.finfo(torch.float8_e4m3fn).max
-    x32, fc32, proj32 = (t.detach().float() for t in (x, fc, proj))
+    fc32, proj32 = fc.detach().float(), proj.detach().float()
     x_scale = x.new_full((), x.size(-1) ** 0.5 / top, dtype=torch.float32)
     fc_scale = fc32.abs().amax().clamp_min(1e-30) / top
     proj_scale = proj32.abs().amax().clamp_min(1e-30) / top
     h_scale = (x.size(-1) * fc32.square().sum(1).amax()).clamp_min(1e-30) / top
-    x8, fc8, proj8 = ((t / s).clamp(-top, top).to(e4m3) for t, s in ((x32, x_scale), (fc32, fc_scale),
-                                                                     (proj32, proj_scale)))
+    x8, fc8, proj8 = (fp8_quantize_torch(t, s, e4m3) for t, s in ((x.detach(), x_scale), (fc32, fc_scale),
+                                                                  (proj32, proj_scale)))
     return relu_sq_mlp_fp8_op(x, fc.type_as(x), proj.type_as(x), x8, fc8, proj8, x_scale, fc_scale, proj_scale,
                               h_scale)[0]
 
