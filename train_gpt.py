@@ -1030,6 +1030,73 @@ def adam_update_(weights, grad, exp_avg, exp_avg_sq, hyper: torch.Tensor) -> Non
     (adam_update_triton if on_gpu(weights) else adam_update_torch)(weights, grad, exp_avg, exp_avg_sq, hyper)
 
 
+def add_rows_torch(total: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> None:
+    """total[rows[i]] += values[i] for every i, repeated rows summed: total (N, D) fp32, rows (T,) int, values (T, D)."""
+    total.index_add_(0, rows, values.to(total.dtype))
+
+
+@triton.jit
+def _segment_sum(start1, v1, start2, v2):  # a segmented prefix sum's step: a segment's start cuts off what precedes
+    return start1 | start2, tl.where(start2 != 0, v2, v1 + v2)
+
+
+@triton.jit
+def _add_rows_kernel(TOTAL, ROWS, ORDER, VALUES, T, D, stride_v, SORTED: tl.constexpr, BLOCK_T: tl.constexpr,
+                     BLOCK_D: tl.constexpr):
+    """add_rows_torch on BLOCK_T positions by BLOCK_D columns, with atomic adds (rows repeat across programs). SORTED:
+    the rows come sorted, position i holding values[ORDER[i]], and the block first sums each run of equal rows (a
+    segmented prefix sum), so that one atomic add a run reaches memory instead of one a position."""
+    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    inside = t < T
+    mask = inside[:, None] & (d < D)[None, :]
+    rows = tl.load(ROWS + t, mask=inside, other=0).to(tl.int64)
+    source = tl.load(ORDER + t, mask=inside, other=0).to(tl.int64) if SORTED else t.to(tl.int64)
+    v = tl.load(VALUES + source[:, None] * stride_v + d[None, :], mask=mask, other=0.0).to(tl.float32)
+    if SORTED:
+        previous = tl.load(ROWS + t - 1, mask=inside & (t > 0), other=-1).to(tl.int64)
+        following = tl.load(ROWS + t + 1, mask=t + 1 < T, other=-1).to(tl.int64)
+        starts = ((rows != previous) | (tl.arange(0, BLOCK_T) == 0)).to(tl.int32)
+        starts, v = tl.associative_scan((tl.broadcast_to(starts[:, None], (BLOCK_T, BLOCK_D)), v), 0, _segment_sum)
+        ends = (rows != following) | (tl.arange(0, BLOCK_T) == BLOCK_T - 1)
+        mask = mask & ends[:, None]
+    tl.atomic_add(TOTAL + rows[:, None] * D + d[None, :], v, mask=mask, sem="relaxed")
+
+
+ADD_ROWS_CONFIG = (False, 64, 128, 4)  # sort, block_t, block_d, warps: fastest of micro-bench 8 (session 12)
+
+
+def add_rows_triton(total: torch.Tensor, rows: torch.Tensor, values: torch.Tensor, sort: bool | None = None,
+                    block_t: int | None = None, block_d: int | None = None, warps: int | None = None) -> None:
+    """add_rows_torch in one launch; by default at ADD_ROWS_CONFIG (sort, block_t, block_d, warps)."""
+    T, D = values.shape
+    if total.dtype != torch.float32 or not total.is_contiguous() or total.size(1) != D or rows.shape != (T,):
+        raise ValueError(f"add_rows_triton: total must be contiguous fp32 (N, {D}) and rows ({T},), got "
+                         f"{total.dtype} {tuple(total.shape)} strides {total.stride()}, rows {tuple(rows.shape)}")
+    config = [ADD_ROWS_CONFIG[i] if given is None else given for i, given in enumerate((sort, block_t, block_d, warps))]
+    sort, block_t, block_d, warps = config
+    values = values if values.stride(1) == 1 else values.contiguous()
+    if sort:
+        rows, order = rows.sort()
+    else:
+        order = rows
+    grid = (triton.cdiv(T, block_t), triton.cdiv(D, block_d))
+    _add_rows_kernel[grid](total, rows.contiguous(), order.contiguous(), values, T, D, values.stride(0), SORTED=sort,
+                           BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps)
+
+
+@torch.library.custom_op("train_gpt::add_rows_", mutates_args=("total",))
+def add_rows_(total: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> None:
+    """add_rows_torch, by the Triton kernel on CUDA. An op, so that torch.compile keeps the in-place add in the
+    backward graph (RowTable)."""
+    (add_rows_triton if on_gpu(total) else add_rows_torch)(total, rows, values)
+
+
+@add_rows_.register_fake
+def _(total, rows, values):
+    return None
+
+
 # ----- Optimizers -----
 
 # Polar Express coefficients for bf16, 5 steps, safety factor included (Amsel, Persson, Musco, Gower 2025,
@@ -1571,6 +1638,34 @@ def bigram_sign_table(rows: int, dim: int) -> torch.Tensor:
     return (2 * signs - 1).to(torch.bfloat16)
 
 
+class _RowsSummingGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, weight, rows, grad_sum):
+        ctx.save_for_backward(rows, grad_sum)
+        return F.embedding(rows, weight)
+
+    @staticmethod
+    def backward(ctx, grad):
+        rows, grad_sum = ctx.saved_tensors
+        add_rows_(grad_sum, rows, grad)
+        return None, None, None
+
+
+class RowTable(nn.Embedding):
+    """An embedding whose gradient is summed in place, in grad_sum (fp32, the weight's shape), by every backward:
+    add_rows_ adds the looked-up rows' gradients, and autograd never sees one (weight.grad stays None). Autograd
+    would write a dense gradient of the whole table at each backward and add it to .grad: for the record's bigram
+    table (290M numbers) and six vocabulary tables (39M each), 2.1 GB zeroed and 6.3 GB added a micro-step.
+    GPT.hand_over_row_grads makes the sums .grad before Adam steps; GPT.zero_grad zeroes them."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int):
+        super().__init__(num_embeddings, embedding_dim)
+        self.register_buffer("grad_sum", torch.zeros_like(self.weight), persistent=False)
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        return _RowsSummingGrad.apply(self.weight, rows, self.grad_sum)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head attention with QK-norm, rotary positions, per-head output gates and value embeddings. paired:
     head h of token t attends as position 2t + h // (H/2) of a sequence twice as long, in slot h mod (H/2), so the
@@ -1699,11 +1794,11 @@ class GPT(nn.Module):
         super().__init__()
         V, D, L = hp.vocab_size, hp.model_dim, hp.num_layers
         self.window_pattern, self.logit_cap = hp.window_pattern, LogitCap.parse(hp.logit_cap)
-        self.embed = nn.Embedding(V, D)
+        self.embed = RowTable(V, D)
         self.embed.weight.data.normal_(0.0, hp.embed_std)
         self.value_embed_of_block = hp.value_embed_of_block  # tied across the U, or one per listed block
         num_ve = len({j for j in self.value_embed_of_block if j is not None})
-        self.value_embeds = nn.ModuleList(nn.Embedding(V, D) for _ in range(num_ve))
+        self.value_embeds = nn.ModuleList(RowTable(V, D) for _ in range(num_ve))
         for ve in self.value_embeds:
             ve.weight.data.normal_(0.0, hp.value_embed_std)
         self.paired_layers = hp.paired_head_layer_list  # their attention runs over 2T positions
@@ -1723,7 +1818,7 @@ class GPT(nn.Module):
         if self.smear:  # starts off: a zero λ; the gate reads the first attn_gate_dim channels of the embedding
             self.smear_gate = nn.Parameter(torch.zeros(1, hp.attn_gate_dim))
             self.smear_lambda = nn.Parameter(torch.zeros(1))
-        self.bigram_embed = nn.Embedding(hp.bigram_buckets, D) if hp.bigram_buckets else None
+        self.bigram_embed = RowTable(hp.bigram_buckets, D) if hp.bigram_buckets else None
         if self.bigram_embed is not None:  # starts silent: zero rows, each block's input gets 0.1 of them
             self.bigram_embed.weight.data.zero_()
             self.bigram_lambdas = nn.Parameter(torch.full((L,), 0.1))
@@ -1786,11 +1881,23 @@ class GPT(nn.Module):
             logits = x.float() @ self.lm_head  # bf16 head against 15 ms, most of its step; the loss reads fp32 anyway
         return softcap_cross_entropy(logits, targets, self.logit_cap, mtp_weights)
 
-    def tie_gradients(self) -> None:
-        """While tied, the embedding's gradient belongs to the LM head: add it, transposed, and drop it."""
-        if self.tied and self.embed.weight.grad is not None:
-            transpose_add(self.embed.weight.grad, self.lm_head.grad)
-            self.embed.weight.grad = None
+    def row_tables(self) -> list[RowTable]:
+        return [self.embed, *self.value_embeds] + ([self.bigram_embed] if self.bigram_embed is not None else [])
+
+    def hand_over_row_grads(self) -> None:
+        """Before Adam steps: each row table's summed gradient becomes its .grad, except the embedding's while tied,
+        which belongs to the LM head: it is added to the head's, transposed."""
+        for table in self.row_tables():
+            if table is self.embed and self.tied:
+                transpose_add(table.grad_sum, self.lm_head.grad)
+            else:
+                table.weight.grad = table.grad_sum
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """nn.Module's, and the row tables' summed gradients zeroed."""
+        super().zero_grad(set_to_none)
+        for table in self.row_tables():
+            table.grad_sum.zero_()
 
     @torch.no_grad()
     def tie_weights(self) -> None:
@@ -2603,15 +2710,17 @@ def build_optimizers(model: GPT, hp: Hyperparameters, rank: int, world_size: int
         scalars.append(model.smear_lambda)
     if model.backout_layer >= 0:
         scalars.append(model.backout_lambda)
-    # The embedding and the LM head communicate in step(), not from hooks: while tied, their gradients are
-    # combined after backward (GPT.tie_gradients).
+    # The LM head and the row tables communicate in step(), not from hooks: while tied, the head's gradient and
+    # the embedding's are combined after backward, and a row table's gradient is summed outside autograd
+    # (GPT.hand_over_row_grads).
     adam_groups = [dict(params=[model.lm_head], lr=hp.adam_head_lr, overlap=False, label="lm_head"),
                    dict(params=[model.embed.weight], lr=hp.adam_embed_lr, overlap=False, label="embed"),
-                   dict(params=[ve.weight for ve in model.value_embeds], lr=hp.adam_value_embed_lr,
+                   dict(params=[ve.weight for ve in model.value_embeds], lr=hp.adam_value_embed_lr, overlap=False,
                         label="value_embeds"),
                    dict(params=scalars, lr=hp.adam_scalar_lr, label="scalars")]
     if model.bigram_embed is not None:
-        adam_groups.append(dict(params=[model.bigram_embed.weight], lr=hp.adam_bigram_lr, label="bigram_embed"))
+        adam_groups.append(dict(params=[model.bigram_embed.weight], lr=hp.adam_bigram_lr, overlap=False,
+                                label="bigram_embed"))
     if model.smear:
         adam_groups.append(dict(params=[model.smear_gate], lr=hp.adam_smear_gate_lr, label="smear_gate"))
     value_gates = [b.attn.value_gate for b in attended if b.attn.value_gate is not None]
@@ -2676,14 +2785,15 @@ def train_step(model: GPT, forward, optimizers, batches, step: int, hp: Hyperpar
             (loss / len(batches)).backward()
         total += loss.detach() / len(batches)
     with phase("optimizer"):
-        if adam_now:  # the tied embedding's summed gradient joins the head's just before Adam reads it
-            model.tie_gradients()
+        if adam_now:  # the row tables' summed gradients, the tied embedding's joining the head's
+            model.hand_over_row_grads()
         set_schedules(optimizers, step, hp)
         for opt in stepping:
             opt.step()
         for opt in stepping:  # a skipped optimizer's gradients stay, to be summed with the next step's
             opt.zero_grad(set_to_none=True)
-        if adam_now:
+        if adam_now:  # every optimizer stepped: no gradient is left to keep, the row tables' sums included
+            model.zero_grad(set_to_none=True)
             model.tie_weights()
     if world_size > 1:
         dist.all_reduce(total)

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import numpy as np
 
+import train_gpt as tg
 from data.tokenize_text import write_shard
 
 BOS = 50256
@@ -32,3 +33,10 @@ def make_shards(folder: Path, train_tokens: int = 200_000, val_tokens: int = 20_
         write_shard(folder / f"fineweb_train_{k + 1:06d}.bin", synthetic_tokens(train_tokens // num_train, seed=k))
     write_shard(folder / "fineweb_val_000000.bin", synthetic_tokens(val_tokens, seed=1000))
     return str(folder / "fineweb_train_*.bin"), str(folder / "fineweb_val_*.bin")
+
+
+def gradients(model: tg.GPT) -> dict:
+    """Parameter name -> the gradient summed so far: .grad, or for a row table's weight its grad_sum (tg.RowTable),
+    which autograd never sees."""
+    sums = {f"{name}.weight": m.grad_sum for name, m in model.named_modules() if isinstance(m, tg.RowTable)}
+    return {name: sums.get(name, p.grad) for name, p in model.named_parameters()}

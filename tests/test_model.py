@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 import train_gpt as tg
+from tests.helpers import gradients
 
 
 def rotate_as_complex(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
@@ -602,6 +603,29 @@ def test_embeddings_start_at_their_configured_scales():
     assert model.value_embeds[0].weight.std().item() == pytest.approx(0.2, rel=0.02)
 
 
+@pytest.mark.parametrize("compile", [False, True])
+def test_a_row_table_sums_its_gradient_as_autograd_sums_an_embeddings(compile):
+    """Three backward passes through a RowTable, rows repeated, leave in grad_sum what they leave in an nn.Embedding's
+    .grad, and the weight's .grad None; a lookup under no_grad adds nothing. compile: torch.compile keeps the in-place
+    add in the backward graph (aot_eager here; inductor on the GPU: the compiled row-table test)."""
+    torch.manual_seed(0)
+    table, plain = tg.RowTable(50, 8), torch.nn.Embedding(50, 8)
+    plain.weight.data.copy_(table.weight.data)
+    scale = torch.randn(8)
+
+    def loss(embedding, rows):
+        return (embedding(rows).bfloat16().float().square() * scale).sum()
+    run = torch.compile(loss, backend="aot_eager", fullgraph=True) if compile else loss
+    for seed in range(3):
+        rows = torch.randint(0, 10, (40,), generator=torch.Generator().manual_seed(seed), dtype=torch.int64).int()
+        run(table, rows).backward()
+        loss(plain, rows).backward()
+        with torch.no_grad():
+            run(table, rows)
+    assert table.weight.grad is None and plain.weight.grad[:10].abs().min() > 0
+    torch.testing.assert_close(table.grad_sum, plain.weight.grad, rtol=1e-6, atol=1e-6)
+
+
 def test_lm_head_is_the_transposed_embedding_while_tied():
     model, hp = tiny_model()
     assert model.lm_head.shape == (hp.model_dim, hp.vocab_size)
@@ -609,10 +633,12 @@ def test_lm_head_is_the_transposed_embedding_while_tied():
     tokens = random_documents(64, seed=4)
     loss = model(tokens[:-1].int(), tokens[1:].long(), {k: torch.tensor(128) for k in "SL"})
     loss.backward()
-    expected = model.lm_head.grad + model.embed.weight.grad.T
-    model.tie_gradients()
+    assert model.embed.weight.grad is None  # summed in its row table, outside autograd
+    expected = model.lm_head.grad + model.embed.grad_sum.T
+    model.hand_over_row_grads()
     assert model.embed.weight.grad is None
     torch.testing.assert_close(model.lm_head.grad, expected)
+    assert all(t.weight.grad is t.grad_sum for t in model.row_tables() if t is not model.embed)
     with torch.no_grad():
         model.lm_head.add_(1.0)
     model.tie_weights()
@@ -790,23 +816,33 @@ def test_two_block_record_hp_builds_on_cpu():
     assert tg.GPT(two_block_record_hp()).value_embed_of_block == [0, 0]
 
 
+def two_block_run(hp: tg.Hyperparameters, compile: bool, micro_steps: int = 1) -> tuple[float, float, dict]:
+    """hp's model on the GPU from a fixed init, its MLP projections moved off zero (which would hide the fc
+    gradient): the loss under no_grad, then micro_steps backward passes of one batch -> (validation loss, training
+    loss, parameter name -> gradient summed, in fp32: tests.helpers.gradients)."""
+    inputs = random_documents(2048, seed=3)[None].repeat(2, 1).flatten()[:2049].cuda()
+    windows = tg.window_tensors(0, hp, inputs.device)
+    torch.manual_seed(0)
+    model = tg.GPT(hp).cuda()
+    for block in model.blocks:
+        block.mlp.proj.data.normal_(0, 0.02)
+    forward = torch.compile(model, dynamic=False) if compile else model
+    with torch.no_grad():
+        val_loss = forward(inputs[:-1].int(), inputs[1:].long(), windows).item()
+    for _ in range(micro_steps):
+        loss = forward(inputs[:-1].int(), inputs[1:].long(), windows)
+        loss.backward()
+    return val_loss, loss.item(), {n: g.float() for n, g in gradients(model).items() if g is not None}
+
+
 @pytest.mark.gpu
 def test_compiled_model_with_fused_mlp_matches_unfused_on_gpu():
     """--fused_mlp=true under torch.compile on CUDA (the custom op in the graph, its backward in the compiled
     backward) gives the loss and weight gradients of the unfused model, within bf16 noise."""
     hp = two_block_record_hp()
-    inputs = random_documents(2048, seed=3)[None].repeat(2, 1).flatten()[:2049].cuda()
-    windows = tg.window_tensors(0, hp, inputs.device)
-    results = []
-    for fused in (False, True):
-        torch.manual_seed(0)
-        model = tg.GPT(dataclasses.replace(hp, fused_mlp=fused)).cuda()
-        for block in model.blocks:
-            block.mlp.proj.data.normal_(0, 0.02)  # zero at init, which would hide the fc gradient
-        loss = torch.compile(model, dynamic=False)(inputs[:-1].int(), inputs[1:].long(), windows)
-        loss.backward()
-        results.append((loss.item(), {n: p.grad.float() for n, p in model.named_parameters() if "mlp" in n}))
-    (loss_plain, grads_plain), (loss_fused, grads_fused) = results
+    results = [two_block_run(dataclasses.replace(hp, fused_mlp=fused), compile=True) for fused in (False, True)]
+    (_, loss_plain, grads_plain), (_, loss_fused, grads_fused) = results
+    grads_plain = {n: g for n, g in grads_plain.items() if "mlp" in n}
     assert abs(loss_fused - loss_plain) < 1e-2
     for name, g in grads_plain.items():
         assert ((grads_fused[name] - g).norm() / g.norm()).item() < 2e-2, name
@@ -826,26 +862,26 @@ def test_fp8_mlp_matches_bf16_mlp_on_gpu(compile):
     within the FP8 rounding (~3% on each operand of the two matmuls) of the bf16 MLP's."""
     hp = two_block_record_hp()
     tg.check_device(dataclasses.replace(hp, fp8_mlp=True), torch.device("cuda"))
-    inputs = random_documents(2048, seed=3)[None].repeat(2, 1).flatten()[:2049].cuda()
-    windows = tg.window_tensors(0, hp, inputs.device)
-    results = []
-    for fp8 in (False, True):
-        torch.manual_seed(0)
-        model = tg.GPT(dataclasses.replace(hp, fp8_mlp=fp8)).cuda()
-        for block in model.blocks:
-            block.mlp.proj.data.normal_(0, 0.02)  # zero at init, which would hide the fc gradient
-        forward = torch.compile(model, dynamic=False) if compile else model
-        with torch.no_grad():
-            val_loss = forward(inputs[:-1].int(), inputs[1:].long(), windows).item()
-        loss = forward(inputs[:-1].int(), inputs[1:].long(), windows)
-        loss.backward()
-        results.append((val_loss, loss.item(), {n: p.grad.float() for n, p in model.named_parameters() if "mlp" in n}))
+    results = [two_block_run(dataclasses.replace(hp, fp8_mlp=fp8), compile) for fp8 in (False, True)]
     (val_bf16, loss_bf16, grads_bf16), (val_fp8, loss_fp8, grads_fp8) = results
+    grads_bf16 = {n: g for n, g in grads_bf16.items() if "mlp" in n}
     assert abs(val_fp8 - val_bf16) < 1e-5  # validation runs the bf16 MLP either way
     assert abs(loss_fp8 - loss_bf16) < 2e-2, (loss_fp8, loss_bf16)
     for name, g in grads_bf16.items():
         err = ((grads_fp8[name] - g).norm() / g.norm()).item()
         assert err < 0.15, (name, err)
+
+
+@pytest.mark.gpu
+def test_compiled_row_tables_sum_their_gradients_as_eager_on_gpu():
+    """Under torch.compile (inductor), the row tables' backward adds into their sums in place, as eager does, over two
+    micro-steps: the embedding, the value embedding and the bigram table, within bf16 noise, none of them zero."""
+    hp = two_block_record_hp()
+    (_, _, eager), (_, _, compiled) = [two_block_run(hp, compile, micro_steps=2) for compile in (False, True)]
+    tables = ("embed.weight", "value_embeds.0.weight", "bigram_embed.weight")
+    assert all(eager[name].norm() > 0 for name in tables)
+    for name in tables:
+        assert ((compiled[name] - eager[name]).norm() / eager[name].norm()).item() < 2e-2, name
 
 
 def compiled_against_eager_on_gpu(hp: tg.Hyperparameters, block: int, **off) -> None:
@@ -912,7 +948,7 @@ def head_run(hp, fp8_head: bool, tokens: torch.Tensor, windows: dict, micro_step
         val_loss = forward(inputs, targets, windows).item()
     loss = forward(inputs, targets, windows, mtp_weights)
     (loss / micro_steps).backward()
-    return val_loss, loss.item(), {n: p.grad.float() for n, p in model.named_parameters()
+    return val_loss, loss.item(), {n: g.float() for n, g in gradients(model).items()
                                    if n in ("lm_head", "embed.weight", "blocks.0.mlp.fc")}
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import train_gpt as tg
-from tests.helpers import make_shards
+from tests.helpers import gradients, make_shards
 
 
 @pytest.fixture(scope="module")
@@ -251,7 +251,7 @@ def test_xsa_strengths_are_trained_by_adam_with_upstreams_lr_and_betas_and_no_de
     tokens = torch.randint(0, hp.vocab_size, (129,), generator=torch.Generator().manual_seed(3))
     windows = {"S": tg.window_tensor(128, torch.device("cpu")), "L": tg.window_tensor(256, torch.device("cpu"))}
     model(tokens[:-1].int(), tokens[1:].long(), windows).backward()
-    model.tie_gradients()
+    model.hand_over_row_grads()
     assert all(a.grad is not None and a.grad.abs().min() > 0 for a in alphas)
     for opt in (muon, adam):
         opt.step()
@@ -282,7 +282,7 @@ def test_a_block_without_attention_leaves_the_normuon_stacks_and_its_skip_gate_j
     tokens = torch.randint(0, hp.vocab_size, (129,), generator=torch.Generator().manual_seed(3))
     windows = {"S": tg.window_tensor(128, torch.device("cpu")), "L": tg.window_tensor(256, torch.device("cpu"))}
     model(tokens[:-1].int(), tokens[1:].long(), windows).backward()
-    model.tie_gradients()
+    model.hand_over_row_grads()
     for opt in (muon, adam):
         opt.step()
     for name in ("skip_gates", "blocks.2.mlp.fc", "blocks.2.mlp.proj", "blocks.2.residual_mix", "blocks.3.attn.qkvo"):
@@ -323,13 +323,14 @@ def test_adam_every_2_makes_one_adam_update_on_the_two_steps_summed_gradient():
     assert len(muon.state) == len(muon.param_groups) and all(p.grad is None for p in params_of(muon))
     assert not torch.equal(model.blocks[0].attn.qkvo, initial[model.blocks[0].attn.qkvo])  # NorMuon stepped
     assert all(torch.equal(p, initial[p]) for p in params_of(adam)) and not adam.state  # Adam did not
-    first = {names[p]: p.grad.clone() for p in params_of(adam)}  # the embedding's too: not folded yet
+    summed = gradients(model)  # the row tables' in their sums, the embedding's too: not folded yet
+    first = {names[p]: summed[names[p]].clone() for p in params_of(adam)}
 
     probe = copy.deepcopy(model)  # the second step's gradient alone, at the weights after the first step
     probe.zero_grad(set_to_none=True)
     inputs, targets = batches[1][0]
     probe(inputs, targets, tg.window_tensors(1, hp, CPU)).backward()
-    want = {name: first[name] + p.grad for name, p in probe.named_parameters() if name in first}
+    want = {name: first[name] + g for name, g in gradients(probe).items() if name in first}
     want["lm_head"] = want["lm_head"] + want.pop("embed.weight").T  # tied: the embedding's joins the head's
 
     seen, adam_step = {}, adam.step
@@ -356,6 +357,7 @@ def test_adam_every_2_makes_one_adam_update_on_the_two_steps_summed_gradient():
     assert {s["step"] for s in adam.state.values()} == {1}
     assert torch.equal(model.embed.weight, model.lm_head.T)  # tied again after the Adam step
     assert all(p.grad is None for p in model.parameters())
+    assert all(not table.grad_sum.any() for table in model.row_tables())
 
 
 def test_warmup_leaves_no_adam_gradient_from_a_step_adam_skipped():
@@ -364,6 +366,7 @@ def test_warmup_leaves_no_adam_gradient_from_a_step_adam_skipped():
     initial = {name: p.detach().clone() for name, p in model.named_parameters()}
     tg.warmup_kernels(model, model, optimizers, hp, 0, 1, CPU, lambda line, console=True: None, None)
     assert all(p.grad is None for p in model.parameters())
+    assert all(not table.grad_sum.any() for table in model.row_tables())
     assert all(torch.equal(p, initial[name]) for name, p in model.named_parameters())
 
 
