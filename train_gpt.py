@@ -1220,6 +1220,7 @@ class NorMuon(torch.optim.Optimizer):
         _check_world(rank, world_size)
         self.rank, self.world_size = rank, world_size
         self.grad_sync_enabled = True
+        self._block_index = {}  # (id of a param group, b) -> a device index tensor; see _orthogonalize
         for i, group in enumerate(self.param_groups):
             name = group["label"] or f"group {i}"
             missing = sorted({"neuron_axis", "lr_mul"} - group.keys())
@@ -1259,18 +1260,25 @@ class NorMuon(torch.optim.Optimizer):
 
     def _orthogonalize(self, u: torch.Tensor, group) -> torch.Tensor:
         """u: this rank's (k, m, n) share -> fp32 polar_express of each matrix, or of each block of b rows apart
-        where row_blocks gives b for the matrix's place in its param (global index mod matrices per param)."""
+        where row_blocks gives b for the matrix's place in its param (global index mod matrices per param).
+        Each b's matrices are picked by an index tensor made on u's device once: indexing by a Python list copies
+        it from the host, and that copy waits for the GPU to finish the backward, every step."""
         blocks = group["row_blocks"]
         if not blocks:
             return polar_express(u).float()
         _, k, m, n = self._layout(group)
-        places = [(self.rank * k + i) % len(blocks) for i in range(k)]
         out = torch.empty_like(u, dtype=torch.float32)
         for b in set(blocks):
-            index = [i for i, place in enumerate(places) if blocks[place] == b]
-            if index:
-                chosen = u[index].reshape(-1, b, n) if b else u[index]
-                out[index] = polar_express(chosen).float().reshape(len(index), m, n)
+            key = (id(group), b)
+            if key not in self._block_index:
+                places = [(self.rank * k + i) % len(blocks) for i in range(k)]
+                self._block_index[key] = torch.tensor([i for i, place in enumerate(places) if blocks[place] == b],
+                                                      dtype=torch.long, device=u.device)
+            index = self._block_index[key]
+            if index.numel():
+                chosen = u.index_select(0, index)
+                out.index_copy_(0, index, polar_express(chosen.reshape(-1, b, n) if b else chosen).float()
+                                .reshape(index.numel(), m, n))
         return out
 
     def _normalize_neurons(self, u: torch.Tensor, group) -> torch.Tensor:

@@ -884,6 +884,31 @@ def test_compiled_row_tables_sum_their_gradients_as_eager_on_gpu():
         assert ((compiled[name] - eager[name]).norm() / eager[name].norm()).item() < 2e-2, name
 
 
+@pytest.mark.gpu
+def test_a_compiled_training_step_never_waits_for_the_gpu():
+    """train_step issues a step's work without a host sync, as its docstring promises: a wait leaves the GPU idle
+    while the host catches up. After two steps that compile and fill the caches, a NorMuon-only step and an Adam step
+    run under CUDA's sync debug mode set to raise (a Python-list index in NorMuon's row blocks, a blocking copy from
+    the host, raised here)."""
+    hp = two_block_record_hp()
+    assert hp.muon_qk_head_pairs and hp.adam_every == 2 and not tg.adam_steps_at(2, hp) and tg.adam_steps_at(3, hp)
+    torch.manual_seed(0)
+    model = tg.GPT(hp).cuda()
+    forward = torch.compile(model, dynamic=False)
+    optimizers = tg.build_optimizers(model, hp, rank=0, world_size=1)
+    mtp_table = tg.mtp_weight_tensors(hp, torch.device("cuda"))
+    batches = tg.dummy_batches(2048, 2, torch.device("cuda"))
+    for step in (0, 1):
+        tg.train_step(model, forward, optimizers, batches, step, hp, 1, mtp_table)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        losses = [tg.train_step(model, forward, optimizers, batches, step, hp, 1, mtp_table) for step in (2, 3)]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(torch.isfinite(loss).item() for loss in losses)
+
+
 def compiled_against_eager_on_gpu(hp: tg.Hyperparameters, block: int, **off) -> None:
     """hp's model under torch.compile with FlexAttention's BlockMask (the feature in the compiled graph and its
     backward) gives the eager model's loss and attention gradients within bf16 noise, and `block`'s gradient is far
