@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import torch
+import torch._functorch.config
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
@@ -3023,11 +3024,15 @@ def restore_checkpoint(ckpt: dict, model: GPT, optimizers, loader) -> None:
 
 def use_compile_cache(folder: str) -> None:
     """Inductor's and Triton's on-disk caches in one stated folder, so a second run on the machine skips most of the
-    minutes of compiling (they read these variables when they first compile, after this)."""
+    minutes of compiling (they read these variables when they first compile, after this). AOTAutograd's cache, in
+    inductor's folder, refuses by default a graph holding a custom autograd.Function (RowTable's _RowsSummingGrad):
+    each warm start then traced the training graph again, 8 to 10 s of the record step's start (session 13). Dynamo
+    traces the Function's forward and backward into the graph the cache key is made from, so the flag lets it keep it."""
     if folder:
         path = Path(folder).resolve()
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path / "inductor")
         os.environ["TRITON_CACHE_DIR"] = str(path / "triton")
+    torch._functorch.config.autograd_cache_allow_custom_autograd_functions = True
 
 
 def log_since_launch(log: Logger, event: str, **parts: float) -> None:

@@ -909,6 +909,33 @@ def test_a_compiled_training_step_never_waits_for_the_gpu():
     assert all(torch.isfinite(loss).item() for loss in losses)
 
 
+@pytest.mark.gpu
+def test_a_second_compile_of_the_training_graph_comes_from_aot_autograds_cache(tmp_path, monkeypatch):
+    """The training graph, RowTable's autograd.Function in it, is kept by AOTAutograd's on-disk cache as
+    use_compile_cache sets it up, so a warm start does not trace it again (8 to 10 s of the record step's start,
+    session 13): compiled twice on one cache folder, the second compile of forward and backward hits, none bypasses,
+    and the cached backward sums the row tables' gradients as the first did."""
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        monkeypatch.setenv(name, "unused")  # restored after the test; use_compile_cache sets both
+    monkeypatch.setattr(torch._functorch.config, "autograd_cache_allow_custom_autograd_functions", False)
+    tg.use_compile_cache(str(tmp_path / "cache"))
+    hp = two_block_record_hp()
+    tokens = random_documents(2049, seed=3).cuda()
+    counters, sums = torch._dynamo.utils.counters["aot_autograd"], []
+    for _ in range(2):
+        torch._dynamo.reset()
+        counters.clear()
+        torch.manual_seed(0)
+        model = tg.GPT(hp).cuda()
+        torch.compile(model, dynamic=False)(tokens[:-1].int(), tokens[1:].long(),
+                                            tg.window_tensors(0, hp, tokens.device)).backward()
+        sums.append([table.grad_sum.clone() for table in model.row_tables()])
+    assert counters["autograd_cache_bypass"] == 0 and counters["autograd_cache_hit"] >= 1, dict(counters)
+    for first, cached in zip(*sums):
+        assert first.norm() > 0
+        torch.testing.assert_close(cached, first, rtol=1e-5, atol=1e-7)
+
+
 def compiled_against_eager_on_gpu(hp: tg.Hyperparameters, block: int, **off) -> None:
     """hp's model under torch.compile with FlexAttention's BlockMask (the feature in the compiled graph and its
     backward) gives the eager model's loss and attention gradients within bf16 noise, and `block`'s gradient is far

@@ -448,10 +448,12 @@ def test_compile_cache_folder_receives_inductors_and_tritons_caches(shards, tmp_
     here by compiling a function on the CPU, where training itself never compiles)."""
     for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(tg.torch._functorch.config, "autograd_cache_allow_custom_autograd_functions", False)
     cache = tmp_path / "cache"
     assert tg.main(tiny_args(shards, tmp_path, "cached", "--num_iterations=1", f"--compile_cache={cache}")) == 0
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(cache / "inductor")
     assert os.environ["TRITON_CACHE_DIR"] == str(cache / "triton")
+    assert tg.torch._functorch.config.autograd_cache_allow_custom_autograd_functions  # RowTable's Function is kept
     compiled = tg.torch.compile(lambda x: (x.sin() * 3).sum())
     assert compiled(tg.torch.ones(8)).item() == pytest.approx(24 * math.sin(1.0), rel=1e-5)
     assert any((cache / "inductor").rglob("*")), "inductor wrote nothing to the stated folder"
