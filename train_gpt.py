@@ -1037,53 +1037,35 @@ def add_rows_torch(total: torch.Tensor, rows: torch.Tensor, values: torch.Tensor
 
 
 @triton.jit
-def _segment_sum(start1, v1, start2, v2):  # a segmented prefix sum's step: a segment's start cuts off what precedes
-    return start1 | start2, tl.where(start2 != 0, v2, v1 + v2)
-
-
-@triton.jit
-def _add_rows_kernel(TOTAL, ROWS, ORDER, VALUES, T, D, stride_v, SORTED: tl.constexpr, BLOCK_T: tl.constexpr,
-                     BLOCK_D: tl.constexpr):
-    """add_rows_torch on BLOCK_T positions by BLOCK_D columns, with atomic adds (rows repeat across programs). SORTED:
-    the rows come sorted, position i holding values[ORDER[i]], and the block first sums each run of equal rows (a
-    segmented prefix sum), so that one atomic add a run reaches memory instead of one a position."""
+def _add_rows_kernel(TOTAL, ROWS, VALUES, T, D, stride_v, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    """add_rows_torch on BLOCK_T positions by BLOCK_D columns, with atomic adds (rows repeat across programs)."""
     t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     inside = t < T
     mask = inside[:, None] & (d < D)[None, :]
     rows = tl.load(ROWS + t, mask=inside, other=0).to(tl.int64)
-    source = tl.load(ORDER + t, mask=inside, other=0).to(tl.int64) if SORTED else t.to(tl.int64)
-    v = tl.load(VALUES + source[:, None] * stride_v + d[None, :], mask=mask, other=0.0).to(tl.float32)
-    if SORTED:
-        previous = tl.load(ROWS + t - 1, mask=inside & (t > 0), other=-1).to(tl.int64)
-        following = tl.load(ROWS + t + 1, mask=t + 1 < T, other=-1).to(tl.int64)
-        starts = ((rows != previous) | (tl.arange(0, BLOCK_T) == 0)).to(tl.int32)
-        starts, v = tl.associative_scan((tl.broadcast_to(starts[:, None], (BLOCK_T, BLOCK_D)), v), 0, _segment_sum)
-        ends = (rows != following) | (tl.arange(0, BLOCK_T) == BLOCK_T - 1)
-        mask = mask & ends[:, None]
+    v = tl.load(VALUES + t.to(tl.int64)[:, None] * stride_v + d[None, :], mask=mask, other=0.0).to(tl.float32)
     tl.atomic_add(TOTAL + rows[:, None] * D + d[None, :], v, mask=mask, sem="relaxed")
 
 
-ADD_ROWS_CONFIG = (False, 64, 128, 4)  # sort, block_t, block_d, warps: fastest of micro-bench 8 (session 12)
+# block_t, block_d, warps: fastest of micro-bench 8 (session 12), where sorting the rows first and adding each run of
+# equal rows once (a segmented sum in the block) was slower
+ADD_ROWS_CONFIG = (64, 128, 4)
 
 
-def add_rows_triton(total: torch.Tensor, rows: torch.Tensor, values: torch.Tensor, sort: bool | None = None,
-                    block_t: int | None = None, block_d: int | None = None, warps: int | None = None) -> None:
-    """add_rows_torch in one launch; by default at ADD_ROWS_CONFIG (sort, block_t, block_d, warps)."""
+def add_rows_triton(total: torch.Tensor, rows: torch.Tensor, values: torch.Tensor, block_t: int | None = None,
+                    block_d: int | None = None, warps: int | None = None) -> None:
+    """add_rows_torch in one launch; by default at ADD_ROWS_CONFIG (block_t, block_d, warps)."""
     T, D = values.shape
     if total.dtype != torch.float32 or not total.is_contiguous() or total.size(1) != D or rows.shape != (T,):
         raise ValueError(f"add_rows_triton: total must be contiguous fp32 (N, {D}) and rows ({T},), got "
                          f"{total.dtype} {tuple(total.shape)} strides {total.stride()}, rows {tuple(rows.shape)}")
-    config = [ADD_ROWS_CONFIG[i] if given is None else given for i, given in enumerate((sort, block_t, block_d, warps))]
-    sort, block_t, block_d, warps = config
+    block_t, block_d, warps = [ADD_ROWS_CONFIG[i] if given is None else given
+                               for i, given in enumerate((block_t, block_d, warps))]
     values = values if values.stride(1) == 1 else values.contiguous()
-    if sort:
-        rows, order = rows.sort()
-    else:
-        order = rows
     grid = (triton.cdiv(T, block_t), triton.cdiv(D, block_d))
-    _add_rows_kernel[grid](total, rows.contiguous(), order.contiguous(), values, T, D, values.stride(0), SORTED=sort,
-                           BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps)
+    _add_rows_kernel[grid](total, rows.contiguous(), values, T, D, values.stride(0), BLOCK_T=block_t,
+                           BLOCK_D=block_d, num_warps=warps)
 
 
 @torch.library.custom_op("train_gpt::add_rows_", mutates_args=("total",))

@@ -749,10 +749,8 @@ def test_add_rows_adds_each_value_into_its_row_in_place_repeats_summed(index_dty
     torch.testing.assert_close(total, want, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("sort", [False, True])
-def test_add_rows_kernel_matches_torch(sort):
-    """Ragged edges in both dimensions; rows repeated within a block and in runs across blocks (sorted: the segmented
-    sum must cut each run at its start and add it once at its end or the block's); values a slice of wider rows."""
+def test_add_rows_kernel_matches_torch():
+    """Ragged edges in both dimensions; rows repeated within a block and across blocks; values a slice of wider rows."""
     g = torch.Generator().manual_seed(0)
     total = torch.randn(30, 40, generator=g)
     want = total.clone()
@@ -760,13 +758,12 @@ def test_add_rows_kernel_matches_torch(sort):
     rows = rows[torch.randperm(rows.numel(), generator=g)].int()
     values = torch.randn(80, 48, generator=g).bfloat16()[:, :40]
     T.add_rows_torch(want, rows, values)
-    T.add_rows_triton(total, rows, values, sort=sort, block_t=16, block_d=32, warps=4)
+    T.add_rows_triton(total, rows, values, block_t=16, block_d=32, warps=4)
     torch.testing.assert_close(total, want, rtol=0, atol=1e-5)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("sort", [False, True])
-def test_add_rows_kernel_matches_torch_on_gpu(sort):
+def test_add_rows_kernel_matches_torch_on_gpu():
     """The bigram table's shape and a micro-step's rows, drawn from a Zipf law as tokens are (the most frequent row
     ~10% of them), against index_add_ in fp64."""
     total = torch.randn(377_280, 768, device="cuda")
@@ -774,6 +771,6 @@ def test_add_rows_kernel_matches_torch_on_gpu(sort):
     rows = torch.multinomial(weights, 49152, replacement=True, generator=torch.Generator("cuda").manual_seed(0))
     values = torch.randn(49152, 768, device="cuda")
     want = total.double().index_add_(0, rows, values.double())
-    T.add_rows_triton(total, rows.int(), values, sort=sort)
+    T.add_rows_triton(total, rows.int(), values)
     assert ((total.double() - want).norm() / want.norm()).item() < 1e-6
 
