@@ -1632,13 +1632,14 @@ def bigram_sign_table(rows: int, dim: int) -> torch.Tensor:
 class _RowsSummingGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weight, rows, grad_sum):
-        ctx.save_for_backward(rows, grad_sum)
+        ctx.save_for_backward(rows)
+        ctx.grad_sum = grad_sum  # not saved: saving would check that no other backward has added to it since
         return F.embedding(rows, weight)
 
     @staticmethod
     def backward(ctx, grad):
-        rows, grad_sum = ctx.saved_tensors
-        add_rows_(grad_sum, rows, grad)
+        rows, = ctx.saved_tensors
+        add_rows_(ctx.grad_sum, rows, grad)
         return None, None, None
 
 
@@ -1647,9 +1648,7 @@ class RowTable(nn.Embedding):
     add_rows_ adds the looked-up rows' gradients, and autograd never sees one (weight.grad stays None). Autograd
     would write a dense gradient of the whole table at each backward and add it to .grad: for the record's bigram
     table (290M numbers) and six vocabulary tables (39M each), 2.1 GB zeroed and 6.3 GB added a micro-step.
-    GPT.hand_over_row_grads makes the sums .grad before Adam steps; GPT.zero_grad zeroes them. Look a table up once
-    a forward (GPT does): the backward saves grad_sum, so a second lookup's backward finds it changed by the first's
-    and autograd raises that a saved variable was modified in place."""
+    GPT.hand_over_row_grads makes the sums .grad before Adam steps; GPT.zero_grad zeroes them."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int):
         super().__init__(num_embeddings, embedding_dim)

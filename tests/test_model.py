@@ -605,16 +605,17 @@ def test_embeddings_start_at_their_configured_scales():
 
 @pytest.mark.parametrize("compile", [False, True])
 def test_a_row_table_sums_its_gradient_as_autograd_sums_an_embeddings(compile):
-    """Three backward passes through a RowTable, rows repeated, leave in grad_sum what they leave in an nn.Embedding's
-    .grad, and the weight's .grad None; a lookup under no_grad adds nothing. compile: torch.compile keeps the in-place
-    add in the backward graph (aot_eager here; inductor on the GPU: the compiled row-table test)."""
+    """Three backward passes through a RowTable, rows repeated, the table looked up twice a forward, leave in grad_sum
+    what they leave in an nn.Embedding's .grad, and the weight's .grad None; a lookup under no_grad adds nothing.
+    compile: torch.compile keeps the in-place add in the backward graph (aot_eager here; inductor on the GPU: the
+    compiled row-table test)."""
     torch.manual_seed(0)
     table, plain = tg.RowTable(50, 8), torch.nn.Embedding(50, 8)
     plain.weight.data.copy_(table.weight.data)
     scale = torch.randn(8)
 
     def loss(embedding, rows):
-        return (embedding(rows).bfloat16().float().square() * scale).sum()
+        return (embedding(rows).bfloat16().float().square() * scale).sum() + (embedding(rows.flip(0)) * scale).sum()
     run = torch.compile(loss, backend="aot_eager", fullgraph=True) if compile else loss
     for seed in range(3):
         rows = torch.randint(0, 10, (40,), generator=torch.Generator().manual_seed(seed), dtype=torch.int64).int()
