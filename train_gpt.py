@@ -1203,7 +1203,7 @@ class NorMuon(torch.optim.Optimizer):
         _check_world(rank, world_size)
         self.rank, self.world_size = rank, world_size
         self.grad_sync_enabled = True
-        self._block_index = {}  # (id of a param group, b) -> a device index tensor; see _orthogonalize
+        self._block_index = {}  # (row_blocks, k, b) -> a device index tensor; see _orthogonalize
         for i, group in enumerate(self.param_groups):
             name = group["label"] or f"group {i}"
             missing = sorted({"neuron_axis", "lr_mul"} - group.keys())
@@ -1252,7 +1252,7 @@ class NorMuon(torch.optim.Optimizer):
         _, k, m, n = self._layout(group)
         out = torch.empty_like(u, dtype=torch.float32)
         for b in set(blocks):
-            key = (id(group), b)
+            key = (tuple(blocks), k, b)  # what the index is made from: a checkpoint's groups may bring other blocks
             if key not in self._block_index:
                 places = [(self.rank * k + i) % len(blocks) for i in range(k)]
                 self._block_index[key] = torch.tensor([i for i, place in enumerate(places) if blocks[place] == b],

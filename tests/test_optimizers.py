@@ -219,6 +219,26 @@ def test_normuon_row_blocks_orthogonalize_each_block_of_rows_apart(monkeypatch):
     assert (blockwise - polar_express(u[:2]).float()).abs().max() > 0.1  # the blocks are not the whole
 
 
+def test_normuon_row_blocks_loaded_from_a_checkpoint_are_used_at_the_next_step(monkeypatch):
+    """A loaded state's param groups bring their row_blocks: after a step with (4, 4, 0, 0), a state saved with
+    (0, 0, 4, 4) makes the next step orthogonalize matrices 2 and 3 in blocks, as a fresh optimizer given it does."""
+    monkeypatch.setattr(NorMuon, "_normalize_neurons", lambda self, u, group: u)
+    g = with_spectrum((4, 8, 6), 10.0, seed=6)
+    _, stepped = one_matrix_step(torch.zeros(4, 8, 6), g, neuron_axis=-1, lr_mul=1.0, row_blocks=(4, 4, 0, 0))
+    _, saved = one_matrix_step(torch.zeros(4, 8, 6), g, neuron_axis=-1, lr_mul=1.0, row_blocks=(0, 0, 4, 4))
+    moved = []
+    for opt in (stepped, NorMuon([dict(params=[nn.Parameter(torch.zeros(4, 8, 6))], neuron_axis=-1, lr_mul=1.0,
+                                       row_blocks=(4, 4, 0, 0))], lr=0.1, momentum=0.5, weight_decay=0.25)):
+        opt.load_state_dict(saved.state_dict())
+        p = opt.param_groups[0]["params"][0]
+        p.data.zero_()
+        p.grad = g.clone()
+        opt.step()
+        moved.append(p.detach().clone())
+    assert stepped.param_groups[0]["row_blocks"] == (0, 0, 4, 4)
+    torch.testing.assert_close(moved[0], moved[1], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("blocks", [(4, 4, 0), (3, 0, 0, 0), (-4, 0, 0, 0)])
 def test_normuon_rejects_row_blocks_that_do_not_fit_the_param(blocks):
     with pytest.raises(ValueError, match=r"qkvo: row_blocks=.* one entry per matrix of a param \(4\), each 0 or a "
