@@ -2782,11 +2782,12 @@ def train_step(model: GPT, forward, optimizers, batches, step: int, hp: Hyperpar
         set_schedules(optimizers, step, hp)
         for opt in stepping:
             opt.step()
-        for opt in stepping:  # a skipped optimizer's gradients stay, to be summed with the next step's
-            opt.zero_grad(set_to_none=True)
         if adam_now:  # every optimizer stepped: no gradient is left to keep, the row tables' sums included
             model.zero_grad(set_to_none=True)
             model.tie_weights()
+        else:  # Adam's gradients stay, to be summed with the next step's
+            for opt in stepping:
+                opt.zero_grad(set_to_none=True)
     if world_size > 1:
         dist.all_reduce(total)
     return total / world_size
